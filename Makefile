@@ -1,0 +1,68 @@
+# recsys: `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+NPROC ?= 1
+ARGS ?=
+PORT ?= 5000
+# pip's configured find-links (where a local CPU build of torch may lie); uv does not read it.
+FIND_LINKS := $(shell $(PYTHON) -m pip config list 2>/dev/null | sed -n "s/^global.find-links='\(.*\)'/\1/p")
+STAMP := $(shell date +%Y-%m-%d/%H-%M-%S)
+MOVIELENS := data/movielens/train.parquet
+# Fetch MovieLens unless ARGS picks another data set.
+NEEDS_MOVIELENS := $(if $(findstring data=,$(ARGS)),$(findstring data=movielens,$(ARGS)),yes)
+
+.DEFAULT_GOAL := help
+.PHONY: help setup data train sweep test test-full lint fmt ui clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@echo "  variables: NPROC=n (torchrun processes), ARGS='hydra overrides', PORT=5000 (ui)"
+
+setup: $(VENV)/.installed ## create .venv with the pinned stack (idempotent)
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check uv
+	$(BIN)/uv pip install --python $(BIN)/python -e '.[dev]' $(if $(FIND_LINKS),--find-links $(FIND_LINKS))
+	$(BIN)/python -c "import torch, fbgemm_gpu, torchrec, mlflow; print('stack ok: torch', torch.__version__, 'torchrec', torchrec.__version__)"
+	touch $@
+
+data: setup ## fetch MovieLens-100K and build the click log under data/movielens
+	$(BIN)/recsys-data movielens
+
+$(MOVIELENS): | setup
+	$(BIN)/recsys-data movielens
+
+train: setup $(if $(NEEDS_MOVIELENS),$(MOVIELENS)) ## train + evaluate + track + export (NPROC=n, ARGS='overrides')
+ifeq ($(NPROC),1)
+	$(BIN)/recsys-train $(ARGS)
+else
+	$(BIN)/torchrun --standalone --nproc_per_node=$(NPROC) -m recsys.cli.train hydra.run.dir=outputs/$(STAMP) $(ARGS)
+endif
+
+sweep: setup $(if $(NEEDS_MOVIELENS),$(MOVIELENS)) ## Hydra multirun, e.g. ARGS='model.embedding_dim=8,16,32'
+	$(BIN)/recsys-train --multirun $(ARGS)
+
+test: setup ## fast test suite (what CI runs)
+	$(BIN)/python -m pytest -m "not slow" -q
+
+test-full: setup ## every test, slow ones included
+	$(BIN)/python -m pytest -q
+
+lint: setup ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+fmt: setup ## ruff fix and format
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+ui: setup ## MLflow UI on 127.0.0.1:$(PORT) over ./mlruns
+	mkdir -p mlruns/artifacts
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
+		--default-artifact-root $(CURDIR)/mlruns/artifacts --host 127.0.0.1 --port $(PORT)
+
+clean: ## remove outputs, multirun and caches (keeps data/ and mlruns/)
+	rm -rf outputs multirun .pytest_cache .ruff_cache

@@ -1,0 +1,45 @@
+"""`recsys-score EXPORT_DIR INPUT OUTPUT`: click probabilities for raw records from an export.
+
+Imports neither torchrec nor the training code: a serving box needs torch, numpy, pyarrow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from recsys.data.featurize import DataError
+from recsys.export.manifest import ExportError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="recsys-score", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "export_dir", type=Path, help="a serving export (folder with manifest.json)"
+    )
+    parser.add_argument(
+        "input", type=Path, help="raw records: .parquet, .csv or .tsv, same columns as training"
+    )
+    parser.add_argument(
+        "output", type=Path, help="Parquet file to write, one `score` per input row, in order"
+    )
+    parser.add_argument(
+        "--batch-rows", type=int, default=65536, help="rows scored at a time (memory bound)"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from recsys.export.scorer import Scorer  # torch import: after argument errors surface
+
+    try:
+        rows = Scorer(args.export_dir).score_file(args.input, args.output, args.batch_rows)
+    except (ExportError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"scored {rows} rows -> {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,292 @@
+"""Typed configuration: the dataclasses every layer below the CLI takes.
+
+Hydra composes YAML from `conf/` on top of these dataclasses (registered in the ConfigStore by
+`register_configs`), so a misspelt key fails at composition instead of being silently ignored.
+Nothing below `recsys/cli/` sees a DictConfig.
+
+The feature schema (`DataConfig.features` + `DataConfig.tables`) is the single source of truth:
+the loader, the model, the export manifest and the serving scorer are all built from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from omegaconf import MISSING
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the config key and what to do."""
+
+
+class FeatureKind(StrEnum):
+    """What a column holds, and so how it reaches the model.
+
+    Members are lower case because Hydra matches YAML values against member names.
+    """
+
+    dense = "dense"  # one float per row, fed to the dense arch
+    id = "id"  # one categorical id per row (may be missing), hashed into a table
+    id_list = "id_list"  # zero or more ids per row, hashed and pooled as a bag
+
+
+class DenseTransform(StrEnum):
+    none = "none"
+    log1p = "log1p"  # log(1 + max(x, 0)): tames counts with heavy tails
+
+
+class Pooling(StrEnum):
+    sum = "sum"
+    mean = "mean"
+
+
+@dataclass
+class LabelSpec:
+    """How the click label is read. `threshold` set: label = value >= threshold."""
+
+    column: str = "label"
+    threshold: float | None = None
+
+
+@dataclass
+class TableSpec:
+    """One embedding table. Its memory is num_buckets x embedding_dim, whatever the id count."""
+
+    num_buckets: int = MISSING
+    embedding_dim: int | None = None  # None: model.embedding_dim
+    pooling: Pooling = Pooling.sum
+
+
+@dataclass
+class FeatureSpec:
+    """One input feature. `column` and `table` default to the feature's own name."""
+
+    kind: FeatureKind = FeatureKind.id
+    column: str | None = None
+    table: str | None = None
+    seed: int = 0  # mmh3 seed; distinct per feature so shared tables do not collide alike
+    transform: DenseTransform = DenseTransform.none  # dense features only
+    delimiter: str | None = None  # id_list stored as one delimited string
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    train_path: str = MISSING  # file, folder, glob or pyarrow filesystem URI
+    eval_path: str | None = None
+    format: str = "parquet"
+    label: LabelSpec = field(default_factory=LabelSpec)
+    features: dict[str, FeatureSpec] = field(default_factory=dict)
+    tables: dict[str, TableSpec] = field(default_factory=dict)
+    prepare_hint: str | None = None  # command that creates the files, shown when they are missing
+
+
+@dataclass
+class ModelConfig:
+    name: str = "dlrm"
+    embedding_dim: int = 16
+    dense_arch: list[int] = field(default_factory=lambda: [32])  # hidden sizes; -> embedding_dim
+    over_arch: list[int] = field(default_factory=lambda: [64, 32])  # hidden sizes; -> 1 logit
+    first_order: bool = True  # a learned bias per id (wide part), as in wide-and-deep / FM
+    dropout: float = 0.0
+
+
+@dataclass
+class TrainerConfig:
+    device: str = "cpu"  # cpu (gloo) | cuda (nccl)
+    epochs: int = 1
+    max_steps: int | None = None  # stop after this many steps, whatever the epoch count
+    batch_size: int = 512
+    eval_batch_size: int = 4096
+    lr: float = 1e-3  # dense optimizer (Adam)
+    weight_decay: float = 0.0  # dense optimizer
+    sparse_optimizer: str = "rowwise_adagrad"  # rowwise_adagrad | adagrad | sgd
+    sparse_lr: float = 0.05
+    sparse_weight_decay: float = 0.0
+    seed: int = 0
+    log_every_n_steps: int = 20
+    shuffle: bool = True
+    progress_bar: bool = True
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite under ./mlruns
+    experiment: str = "recsys"
+    run_name: str | None = None
+    required: bool = False  # true: fail when MLflow cannot be reached; false: warn, go on
+
+
+@dataclass
+class ExportConfig:
+    enabled: bool = True
+    subdir: str = "export"  # under the run's output folder
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = MISSING
+    model: ModelConfig = field(default_factory=ModelConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    output_dir: str = "outputs/manual"  # the CLI sets Hydra's run dir here
+
+
+def register_configs() -> None:
+    """Put the typed schemas in Hydra's ConfigStore (base of conf/train.yaml and its groups)."""
+    from hydra.core.config_store import ConfigStore
+
+    # Group files (conf/data/*.yaml, ...) merge into the typed fields of TrainConfig, so they
+    # are checked against DataConfig, ModelConfig, ... without naming a schema themselves.
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+# ---------------------------------------------------------------------------- schema resolution
+
+
+@dataclass(frozen=True)
+class ResolvedTable:
+    name: str
+    num_buckets: int
+    embedding_dim: int
+    pooling: Pooling
+    features: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ResolvedFeature:
+    name: str
+    kind: FeatureKind
+    column: str
+    table: str | None
+    seed: int
+    transform: DenseTransform
+    delimiter: str | None
+
+
+@dataclass(frozen=True)
+class Schema:
+    """The feature schema with every default filled in and every cross-reference checked.
+
+    Order matters and is fixed: features in declaration order, tables in order of first use.
+    The model's feature axis, the KeyedJaggedTensor keys and the export all follow it.
+    """
+
+    label: LabelSpec
+    features: tuple[ResolvedFeature, ...]
+    tables: tuple[ResolvedTable, ...]
+
+    @property
+    def dense_features(self) -> tuple[ResolvedFeature, ...]:
+        return tuple(f for f in self.features if f.kind is FeatureKind.dense)
+
+    @property
+    def sparse_features(self) -> tuple[ResolvedFeature, ...]:
+        return tuple(f for f in self.features if f.kind is not FeatureKind.dense)
+
+    def table(self, name: str) -> ResolvedTable:
+        return next(t for t in self.tables if t.name == name)
+
+    @property
+    def columns(self) -> list[str]:
+        """Every source column the schema reads, label first, without repeats."""
+        cols = [self.label.column] + [f.column for f in self.features]
+        return list(dict.fromkeys(cols))
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self), default=lambda e: e.value))
+
+    def fingerprint(self) -> str:
+        """A short hash of everything that decides how raw rows map to table rows."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> Schema:
+        return Schema(
+            label=LabelSpec(**d["label"]),
+            features=tuple(
+                ResolvedFeature(
+                    **{
+                        **f,
+                        "kind": FeatureKind(f["kind"]),
+                        "transform": DenseTransform(f["transform"]),
+                    }
+                )
+                for f in d["features"]
+            ),
+            tables=tuple(
+                ResolvedTable(
+                    **{**t, "pooling": Pooling(t["pooling"]), "features": tuple(t["features"])}
+                )
+                for t in d["tables"]
+            ),
+        )
+
+
+def resolve_schema(data: DataConfig, default_dim: int) -> Schema:
+    """Fill defaults and check the schema; errors name the offending `data.*` key."""
+    if not data.features:
+        raise ConfigError("data.features is empty: declare at least one feature in conf/data/.")
+    features = tuple(_resolve_feature(name, spec) for name, spec in data.features.items())
+    if not any(f.kind is not FeatureKind.dense for f in features):
+        raise ConfigError(
+            "data.features has no sparse (id / id_list) feature; the model needs one."
+        )
+    users: dict[str, list[str]] = {}
+    for f in features:
+        if f.table is not None:
+            users.setdefault(f.table, []).append(f.name)
+    for name in data.tables:
+        if name not in users:
+            raise ConfigError(
+                f"data.tables.{name} is fed by no feature; remove it or point a feature's `table` at it."
+            )
+    tables = tuple(
+        _resolve_table(name, data.tables.get(name), fs, default_dim) for name, fs in users.items()
+    )
+    return Schema(label=data.label, features=features, tables=tables)
+
+
+def _resolve_feature(name: str, spec: FeatureSpec) -> ResolvedFeature:
+    dense = spec.kind is FeatureKind.dense
+    if dense and spec.table is not None:
+        raise ConfigError(f"data.features.{name}: a dense feature feeds no table; drop `table`.")
+    if spec.delimiter is not None and spec.kind is not FeatureKind.id_list:
+        raise ConfigError(f"data.features.{name}: `delimiter` only applies to kind=id_list.")
+    return ResolvedFeature(
+        name=name,
+        kind=spec.kind,
+        column=spec.column or name,
+        table=None if dense else (spec.table or name),
+        seed=int(spec.seed),
+        transform=spec.transform,
+        delimiter=spec.delimiter,
+    )
+
+
+def _resolve_table(
+    name: str, spec: TableSpec | None, features: list[str], default_dim: int
+) -> ResolvedTable:
+    if spec is None:
+        raise ConfigError(
+            f"feature(s) {features} feed table '{name}', but data.tables.{name} is not declared; "
+            f"add it with its num_buckets."
+        )
+    if spec.num_buckets < 2:
+        raise ConfigError(
+            f"data.tables.{name}.num_buckets={spec.num_buckets}: need >= 2 (bucket 0 is reserved for missing ids)."
+        )
+    dim = spec.embedding_dim or default_dim
+    if dim % 4 != 0:
+        # FBGEMM's sharded kernels require a multiple of 4 columns per shard.
+        raise ConfigError(
+            f"embedding dim {dim} for table '{name}' is not a multiple of 4 (FBGEMM needs it); set model.embedding_dim or data.tables.{name}.embedding_dim."
+        )
+    return ResolvedTable(name, int(spec.num_buckets), dim, spec.pooling, tuple(features))

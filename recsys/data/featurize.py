@@ -1,0 +1,160 @@
+"""Arrow records -> model inputs, as plain numpy arrays.
+
+This module is deliberately free of torch and torchrec: the serving scorer calls the very same
+`featurize` on raw records, which is what guarantees that serving hashes ids exactly as
+training did. `recsys.data.batch` turns the arrays into tensors for training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from recsys.config import DenseTransform, FeatureKind, ResolvedFeature, Schema
+from recsys.hashing import MISSING_BUCKET, hash_array
+
+
+class DataError(ValueError):
+    """A record cannot be used; the message names the file, row, column and value."""
+
+
+@dataclass(frozen=True)
+class RecordOrigin:
+    """Where a block of records came from, so errors can point at the file and row."""
+
+    source: str = "<memory>"
+    first_row: int = 0  # row number of the block's first record within `source`
+
+
+IN_MEMORY = RecordOrigin()
+
+
+@dataclass
+class FeatureArrays:
+    """One block of featurized records.
+
+    Attributes:
+        labels: float32 [B] of 0/1, or None when the records carry no label (scoring).
+        dense: float32 [B, num_dense], in schema order.
+        ids: per sparse feature, the flattened bucket ids of all rows (int64).
+        lengths: per sparse feature, ids per row (int32 [B]); 1 for single-id features.
+    """
+
+    labels: np.ndarray | None
+    dense: np.ndarray
+    ids: dict[str, np.ndarray]
+    lengths: dict[str, np.ndarray]
+
+    @property
+    def num_rows(self) -> int:
+        return self.dense.shape[0]
+
+
+def featurize(
+    records: pa.Table | pa.RecordBatch,
+    schema: Schema,
+    origin: RecordOrigin = IN_MEMORY,
+    with_labels: bool = True,
+) -> FeatureArrays:
+    """Hash, transform and check one block of records against the schema."""
+    _check_columns(records, schema, origin, with_labels)
+    dense = np.zeros((records.num_rows, len(schema.dense_features)), dtype=np.float32)
+    for i, feature in enumerate(schema.dense_features):
+        dense[:, i] = _dense_column(records.column(feature.column), feature, origin)
+    ids: dict[str, np.ndarray] = {}
+    lengths: dict[str, np.ndarray] = {}
+    for feature in schema.sparse_features:
+        num_buckets = schema.table(feature.table).num_buckets
+        ids[feature.name], lengths[feature.name] = _sparse_column(
+            records.column(feature.column), feature, num_buckets, origin
+        )
+    labels = _labels(records.column(schema.label.column), schema, origin) if with_labels else None
+    return FeatureArrays(labels=labels, dense=dense, ids=ids, lengths=lengths)
+
+
+def _check_columns(
+    records: pa.Table | pa.RecordBatch, schema: Schema, origin: RecordOrigin, with_labels: bool
+) -> None:
+    needed = schema.columns if with_labels else [f.column for f in schema.features]
+    missing = [c for c in needed if c not in records.schema.names]
+    if missing:
+        raise DataError(
+            f"{origin.source}: column(s) {missing} named by the data schema are not in the file "
+            f"(it has {records.schema.names}). Fix the `column` of the feature in conf/data/, "
+            f"or the file."
+        )
+
+
+def _labels(column: pa.Array | pa.ChunkedArray, schema: Schema, origin: RecordOrigin) -> np.ndarray:
+    values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
+    name = schema.label.column
+    if schema.label.threshold is not None:
+        bad = np.isnan(values)
+        labels = values >= schema.label.threshold
+    else:
+        bad = ~np.isin(values, (0.0, 1.0))
+        labels = values == 1.0
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        hint = "" if schema.label.threshold is not None else " (expected 0 or 1; set data.label.threshold to binarize)"
+        raise DataError(
+            f"{origin.source}, row {origin.first_row + row}, column '{name}': label value "
+            f"{column[row].as_py()!r} is not usable{hint}."
+        )
+    return labels.astype(np.float32)
+
+
+def _dense_column(column: pa.Array | pa.ChunkedArray, feature: ResolvedFeature, origin: RecordOrigin) -> np.ndarray:
+    try:
+        values = pc.cast(column, pa.float64()).fill_null(0.0).to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        raise DataError(
+            f"{origin.source}, column '{feature.column}' (dense feature '{feature.name}'): "
+            f"values are not numbers ({e}). Declare it as kind=id or fix the data."
+        ) from e
+    bad = ~np.isfinite(values)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DataError(
+            f"{origin.source}, row {origin.first_row + row}, column '{feature.column}': dense "
+            f"value {values[row]} is not finite; it would turn the weights into NaN."
+        )
+    if feature.transform is DenseTransform.log1p:
+        values = np.log1p(np.maximum(values, 0.0))
+    return values.astype(np.float32)
+
+
+def _sparse_column(
+    column: pa.Array | pa.ChunkedArray, feature: ResolvedFeature, num_buckets: int, origin: RecordOrigin
+) -> tuple[np.ndarray, np.ndarray]:
+    if feature.kind is FeatureKind.id:
+        buckets = hash_array(column, feature.seed, num_buckets)
+        return buckets, np.ones(len(buckets), dtype=np.int32)
+    column = _as_list(column, feature, origin)
+    lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False)
+    values = pc.list_flatten(column)
+    buckets = hash_array(values, feature.seed, num_buckets) if len(values) else np.zeros(0, np.int64)
+    # A missing entry inside a list ("a||b", a null element) is no id: drop it from the bag.
+    keep = buckets != MISSING_BUCKET
+    if not keep.all():
+        row_of = np.repeat(np.arange(len(lengths)), lengths)
+        lengths = lengths - np.bincount(row_of[~keep], minlength=len(lengths))
+        buckets = buckets[keep]
+    return buckets, lengths.astype(np.int32)
+
+
+def _as_list(column: pa.Array | pa.ChunkedArray, feature: ResolvedFeature, origin: RecordOrigin) -> pa.Array | pa.ChunkedArray:
+    """An id list arrives as a list column (Parquet) or as delimited text (CSV, TSV)."""
+    kind = column.type
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return column
+    if (pa.types.is_string(kind) or pa.types.is_large_string(kind)) and feature.delimiter is not None:
+        return pc.split_pattern(column, feature.delimiter)
+    raise DataError(
+        f"{origin.source}, column '{feature.column}' (id_list feature '{feature.name}'): type "
+        f"{kind} is neither a list nor text with a delimiter; set data.features.{feature.name}.delimiter "
+        f"for delimited text."
+    )

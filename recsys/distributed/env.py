@@ -1,0 +1,105 @@
+"""Process-group setup: torchrun's environment, or a one-process group when run directly.
+
+torchrun (single- or multi-node, c10d rendezvous) sets RANK, WORLD_SIZE, LOCAL_RANK and
+MASTER_ADDR/PORT; nothing here schedules processes. A plain `recsys-train` still needs a process
+group because DistributedModelParallel does, so it gets a world of one on a free local port.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+
+from recsys.config import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_name: str) -> DistEnv:
+    """Join (or create) the process group: gloo on CPU, NCCL on GPU."""
+    rank = int(os.environ.get("RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = _device(device_name, local_rank)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if not dist.is_initialized():
+        if "MASTER_ADDR" not in os.environ:
+            os.environ["MASTER_ADDR"] = "127.0.0.1"
+            os.environ["MASTER_PORT"] = str(free_port())
+        dist.init_process_group(
+            backend=backend,
+            rank=rank,
+            world_size=world_size,
+            device_id=device if device.type == "cuda" else None,
+        )
+    return DistEnv(rank, world_size, local_rank, device, backend)
+
+
+def _device(name: str, local_rank: int) -> torch.device:
+    if name == "cpu":
+        return torch.device("cpu")
+    if name in ("cuda", "gpu"):
+        if not torch.cuda.is_available():
+            raise ConfigError("trainer.device=cuda but no CUDA device is visible; use trainer=cpu.")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    raise ConfigError(f"trainer.device={name!r}: expected 'cpu' or 'cuda'.")
+
+
+def shutdown_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def broadcast_object(obj: Any, env: DistEnv) -> Any:
+    """Rank 0's value of `obj` on every rank."""
+    if env.world_size == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def lockstep(items: Iterable[T], padding: T, env: DistEnv) -> Iterator[T]:
+    """Yield local items until every rank is exhausted, `padding` once this one is.
+
+    Sharded lookups are collectives, so all ranks must run the same number of steps; a rank
+    whose share of the data is smaller feeds weight-0 padding instead of hanging the others.
+    This costs one tiny all-reduce per step (a host sync), only when world_size > 1.
+    """
+    iterator = iter(items)
+    while True:
+        item = next(iterator, None)
+        if env.world_size > 1:
+            alive = torch.tensor([int(item is not None)], device=env.device)
+            dist.all_reduce(alive, op=dist.ReduceOp.MAX)
+            if not alive.item():
+                return
+        elif item is None:
+            return
+        yield item if item is not None else padding

@@ -1,0 +1,135 @@
+"""The real Hydra config composes for every group option, and bad keys fail helpfully."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from recsys.cli.overrides import check_overrides
+from recsys.cli.train import CONF_DIR, load_config
+from recsys.config import (
+    ConfigError,
+    DataConfig,
+    FeatureKind,
+    FeatureSpec,
+    TableSpec,
+    TrainConfig,
+    resolve_schema,
+)
+
+GROUPS = ["data", "model", "trainer", "tracking"]
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize(("group", "option"), [(g, o) for g in GROUPS for o in _options(g)])
+def test_every_group_option_composes_to_typed_config(group: str, option: str) -> None:
+    cfg = load_config([f"{group}={option}"])
+    assert isinstance(cfg, TrainConfig)
+    schema = resolve_schema(cfg.data, cfg.model.embedding_dim)
+    assert schema.sparse_features, "every data config must declare sparse features"
+    assert all(t.num_buckets >= 2 for t in schema.tables)
+
+
+def test_every_group_has_options() -> None:
+    for group in GROUPS:
+        assert _options(group), f"conf/{group}/ is empty"
+
+
+def test_override_reaches_typed_config() -> None:
+    cfg = load_config(
+        ["trainer.lr=0.5", "model.embedding_dim=8", "data.tables.genres.num_buckets=99"]
+    )
+    assert cfg.trainer.lr == 0.5
+    assert cfg.model.embedding_dim == 8
+    assert cfg.data.tables["genres"].num_buckets == 99
+
+
+def test_misspelt_key_names_valid_keys() -> None:
+    message = check_overrides(["trainer.lrr=0.1"])
+    assert message is not None
+    assert "trainer.lrr" in message and "batch_size" in message and "lr," in message
+
+
+def test_misspelt_group_level_key() -> None:
+    message = check_overrides(["traner.lr=0.1"])
+    assert message is not None and "trainer" in message
+
+
+def test_valid_overrides_pass_check() -> None:
+    assert (
+        check_overrides(
+            [
+                "data=movielens",
+                "trainer.lr=1",
+                "data.features.user_id.seed=3",
+                "+foo=1",
+                "hydra.run.dir=x",
+            ]
+        )
+        is None
+    )
+
+
+def test_cli_rejects_misspelt_key_with_exit_code_2() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "recsys.cli.train", "trainer.epochz=3"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "epochz" in proc.stderr and "epochs" in proc.stderr
+
+
+def test_wrong_type_is_rejected_by_hydra() -> None:
+    with pytest.raises(Exception, match="batch_size"):
+        load_config(["trainer.batch_size=lots"])
+
+
+def _data(**tables: TableSpec) -> DataConfig:
+    return DataConfig(
+        name="t",
+        train_path="x",
+        features={
+            "a": FeatureSpec(kind=FeatureKind.id, table="shared"),
+            "b": FeatureSpec(kind=FeatureKind.id, table="shared"),
+        },
+        tables=tables,
+    )
+
+
+def test_shared_table_is_fed_by_both_features() -> None:
+    schema = resolve_schema(_data(shared=TableSpec(num_buckets=10)), default_dim=8)
+    assert schema.tables[0].features == ("a", "b")
+    assert schema.tables[0].embedding_dim == 8
+
+
+@pytest.mark.parametrize(
+    ("tables", "match"),
+    [
+        ({}, "data.tables.shared is not declared"),
+        ({"shared": TableSpec(num_buckets=1)}, "num_buckets=1"),
+        ({"shared": TableSpec(num_buckets=10, embedding_dim=6)}, "multiple of 4"),
+        (
+            {"shared": TableSpec(num_buckets=10), "orphan": TableSpec(num_buckets=10)},
+            "data.tables.orphan",
+        ),
+    ],
+)
+def test_schema_errors_name_the_key(tables: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        resolve_schema(_data(**tables), default_dim=8)
+
+
+def test_schema_round_trips_through_dict() -> None:
+    schema = resolve_schema(load_config([]).data, 16)
+    from recsys.config import Schema
+
+    assert Schema.from_dict(schema.to_dict()) == schema
+    assert Schema.from_dict(schema.to_dict()).fingerprint() == schema.fingerprint()
