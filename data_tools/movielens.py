@@ -409,7 +409,7 @@ def build_interactions(
     raw_dir: Path,
     out_dir: Path,
     eval_fraction: float = 0.2,
-    valid_fraction: float = 0.1,
+    valid_fraction: float = 0.2,
 ) -> dict[str, Path]:
     """Build the click log from the raw files and write the four splits.
 

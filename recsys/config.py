@@ -92,20 +92,20 @@ class ModelConfig:
     dense_arch: list[int] = field(default_factory=lambda: [32])  # hidden sizes; -> embedding_dim
     over_arch: list[int] = field(default_factory=lambda: [64, 32])  # hidden sizes; -> 1 logit
     first_order: bool = True  # a learned bias per id (wide part), as in wide-and-deep / FM
-    dropout: float = 0.0
+    dropout: float = 0.2
 
 
 @dataclass
 class TrainerConfig:
     device: str = "cpu"  # cpu (gloo) | cuda (nccl)
-    epochs: int = 1
+    epochs: int = 2
     max_steps: int | None = None  # stop after this many steps, whatever the epoch count
     batch_size: int = 512
     eval_batch_size: int = 4096
     lr: float = 1e-3  # dense optimizer (Adam)
     weight_decay: float = 0.0  # dense optimizer
     sparse_optimizer: str = "rowwise_adagrad"  # rowwise_adagrad | adagrad | sgd
-    sparse_lr: float = 0.05
+    sparse_lr: float = 0.01
     sparse_weight_decay: float = 0.0
     seed: int = 0
     log_every_n_steps: int = 20

@@ -99,7 +99,11 @@ def _labels(column: pa.Array | pa.ChunkedArray, schema: Schema, origin: RecordOr
         labels = values == 1.0
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        hint = "" if schema.label.threshold is not None else " (expected 0 or 1; set data.label.threshold to binarize)"
+        hint = (
+            ""
+            if schema.label.threshold is not None
+            else " (expected 0 or 1; set data.label.threshold to binarize)"
+        )
         raise DataError(
             f"{origin.source}, row {origin.first_row + row}, column '{name}': label value "
             f"{column[row].as_py()!r} is not usable{hint}."
@@ -107,7 +111,9 @@ def _labels(column: pa.Array | pa.ChunkedArray, schema: Schema, origin: RecordOr
     return labels.astype(np.float32)
 
 
-def _dense_column(column: pa.Array | pa.ChunkedArray, feature: ResolvedFeature, origin: RecordOrigin) -> np.ndarray:
+def _dense_column(
+    column: pa.Array | pa.ChunkedArray, feature: ResolvedFeature, origin: RecordOrigin
+) -> np.ndarray:
     try:
         values = pc.cast(column, pa.float64()).fill_null(0.0).to_numpy(zero_copy_only=False)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
@@ -128,7 +134,10 @@ def _dense_column(column: pa.Array | pa.ChunkedArray, feature: ResolvedFeature, 
 
 
 def _sparse_column(
-    column: pa.Array | pa.ChunkedArray, feature: ResolvedFeature, num_buckets: int, origin: RecordOrigin
+    column: pa.Array | pa.ChunkedArray,
+    feature: ResolvedFeature,
+    num_buckets: int,
+    origin: RecordOrigin,
 ) -> tuple[np.ndarray, np.ndarray]:
     if feature.kind is FeatureKind.id:
         buckets = hash_array(column, feature.seed, num_buckets)
@@ -136,7 +145,9 @@ def _sparse_column(
     column = _as_list(column, feature, origin)
     lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False)
     values = pc.list_flatten(column)
-    buckets = hash_array(values, feature.seed, num_buckets) if len(values) else np.zeros(0, np.int64)
+    buckets = (
+        hash_array(values, feature.seed, num_buckets) if len(values) else np.zeros(0, np.int64)
+    )
     # A missing entry inside a list ("a||b", a null element) is no id: drop it from the bag.
     keep = buckets != MISSING_BUCKET
     if not keep.all():
@@ -146,12 +157,16 @@ def _sparse_column(
     return buckets, lengths.astype(np.int32)
 
 
-def _as_list(column: pa.Array | pa.ChunkedArray, feature: ResolvedFeature, origin: RecordOrigin) -> pa.Array | pa.ChunkedArray:
+def _as_list(
+    column: pa.Array | pa.ChunkedArray, feature: ResolvedFeature, origin: RecordOrigin
+) -> pa.Array | pa.ChunkedArray:
     """An id list arrives as a list column (Parquet) or as delimited text (CSV, TSV)."""
     kind = column.type
     if pa.types.is_list(kind) or pa.types.is_large_list(kind):
         return column
-    if (pa.types.is_string(kind) or pa.types.is_large_string(kind)) and feature.delimiter is not None:
+    if (
+        pa.types.is_string(kind) or pa.types.is_large_string(kind)
+    ) and feature.delimiter is not None:
         return pc.split_pattern(column, feature.delimiter)
     raise DataError(
         f"{origin.source}, column '{feature.column}' (id_list feature '{feature.name}'): type "

@@ -36,7 +36,9 @@ class LoaderOptions:
 class StreamingDataset(IterableDataset):
     """Streams one rank's share of a Parquet dataset as `Batch`es; call `set_epoch` per epoch."""
 
-    def __init__(self, path: str, schema: Schema, options: LoaderOptions, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self, path: str, schema: Schema, options: LoaderOptions, rank: int = 0, world_size: int = 1
+    ):
         super().__init__()
         self.path, self.schema, self.options = path, schema, options
         self.rank, self.world_size = rank, world_size

@@ -51,7 +51,9 @@ def resolve_files(path: str) -> tuple[pafs.FileSystem, list[str]]:
             files = []
     files = sorted(f for f in files if not _is_hidden(f))
     if not files:
-        raise DataError(f"data path '{path}' matches no files. Check data.train_path / data.eval_path.")
+        raise DataError(
+            f"data path '{path}' matches no files. Check data.train_path / data.eval_path."
+        )
     return fs, files
 
 
@@ -60,7 +62,9 @@ def _glob(fs: pafs.FileSystem, pattern: str) -> list[str]:
         return [f for f in glob.glob(pattern, recursive=True) if os.path.isfile(f)]
     base = pattern[: min(pattern.index(c) for c in _GLOB_CHARS if c in pattern)].rsplit("/", 1)[0]
     infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
-    return [i.path for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, pattern)]
+    return [
+        i.path for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, pattern)
+    ]
 
 
 def _is_hidden(path: str) -> bool:
@@ -87,7 +91,9 @@ def _parquet_metadata(fs: pafs.FileSystem, file: str) -> pq.FileMetaData:
         with fs.open_input_file(file) as f:
             return pq.ParquetFile(f).metadata
     except (pa.ArrowInvalid, OSError) as e:
-        raise DataError(f"{file}: cannot be read as Parquet ({e}). Is it truncated or another format?") from e
+        raise DataError(
+            f"{file}: cannot be read as Parquet ({e}). Is it truncated or another format?"
+        ) from e
 
 
 def assign_shards(shards: list[Shard], part: int, num_parts: int) -> list[Shard]:
@@ -107,4 +113,6 @@ def read_shard(
                 f"{shard.path}: column(s) {missing} named by the data schema are not in the file "
                 f"(it has {reader.schema_arrow.names}). Fix the feature's `column` in conf/data/."
             )
-        yield from reader.iter_batches(batch_size=batch_rows, row_groups=[shard.row_group], columns=columns)
+        yield from reader.iter_batches(
+            batch_size=batch_rows, row_groups=[shard.row_group], columns=columns
+        )
