@@ -61,7 +61,7 @@ fmt: setup ## ruff fix and format
 
 ui: setup ## MLflow UI on 127.0.0.1:$(PORT) over ./mlruns
 	mkdir -p mlruns/artifacts
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --workers 1 --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
 		--default-artifact-root $(CURDIR)/mlruns/artifacts --host 127.0.0.1 --port $(PORT)
 
 clean: ## remove outputs, multirun and caches (keeps data/ and mlruns/)

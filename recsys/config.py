@@ -120,6 +120,7 @@ class TrackingConfig:
     experiment: str = "recsys"
     run_name: str | None = None
     required: bool = False  # true: fail when MLflow cannot be reached; false: warn, go on
+    parent_run_id: str | None = None  # nest the run under this one (sweeps set it)
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
@@ -12,6 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from recsys.cli.overrides import check_overrides
+from recsys.cli.sweep import parent_run_id
 from recsys.config import ConfigError, TrainConfig, register_configs
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -19,6 +21,7 @@ log = logging.getLogger("recsys")
 
 
 def main() -> None:
+    _quiet_third_party()
     register_configs()
     problem = check_overrides(sys.argv[1:])
     if problem:
@@ -31,6 +34,7 @@ def main() -> None:
 def _hydra_main(cfg: DictConfig) -> float:
     config: TrainConfig = OmegaConf.to_object(cfg)
     config.output_dir = HydraConfig.get().runtime.output_dir
+    config.tracking.parent_run_id = config.tracking.parent_run_id or parent_run_id()
     from recsys.train.recipe import run  # heavy imports (torchrec) after config errors surface
 
     try:
@@ -41,6 +45,15 @@ def _hydra_main(cfg: DictConfig) -> float:
     if int(os.environ.get("RANK", 0)) == 0:
         print(summary(result))
     return result.metrics.get("eval/auc", float("nan"))
+
+
+def _quiet_third_party() -> None:
+    """Keep the console for the run's own progress: torchrec and torch repeat deprecation
+    notices on every rank that say nothing about the run."""
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torchrec(\..*)?")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"recsys\.distributed\..*")
+    warnings.filterwarnings("ignore", message=r".*an autograd kernel was not registered.*")
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
 
 
 def load_config(overrides: list[str] | None = None, output_dir: str | None = None) -> TrainConfig:
@@ -69,6 +82,8 @@ def summary(result) -> str:
         f"  export   {result.export_dir or '(export disabled)'}",
         f"  tracking {result.tracking}",
     ]
+    if result.run_id:
+        lines.append("  open the MLflow UI with `make ui` (http://127.0.0.1:5000)")
     return "\n".join(lines)
 
 

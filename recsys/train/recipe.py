@@ -63,7 +63,12 @@ def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
     output_dir = Path(broadcast_object(str(Path(cfg.output_dir).resolve()), env))
     train_data, eval_data = _datasets(cfg, schema, env)
     model, optimizer, plan = _build(cfg, schema, env)
-    tracker = open_tracker(cfg.tracking, cfg, enabled_on_this_rank=env.is_main)
+    tracker = open_tracker(
+        cfg.tracking,
+        cfg,
+        enabled_on_this_rank=env.is_main,
+        parent_run_id=cfg.tracking.parent_run_id,
+    )
     with tracker:
         tracker.log_text(str(plan), "sharding_plan.txt")
         tracker.log_dict(json.loads(json.dumps(asdict(cfg), default=str)), "config.json")
