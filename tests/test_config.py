@@ -133,3 +133,24 @@ def test_schema_round_trips_through_dict() -> None:
 
     assert Schema.from_dict(schema.to_dict()) == schema
     assert Schema.from_dict(schema.to_dict()).fingerprint() == schema.fingerprint()
+
+
+def test_cli_missing_data_says_how_to_get_it(tmp_path: Path) -> None:
+    missing = tmp_path / "nothing.parquet"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "recsys.cli.train",
+            f"data.train_path={missing}",
+            "tracking=none",
+            f"hydra.run.dir={tmp_path / 'o'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 2
+    output = proc.stdout + proc.stderr
+    assert str(missing) in output and "recsys-data movielens" in output
+    assert "Traceback" not in output

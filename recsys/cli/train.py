@@ -35,12 +35,15 @@ def _hydra_main(cfg: DictConfig) -> float:
     config: TrainConfig = OmegaConf.to_object(cfg)
     config.output_dir = HydraConfig.get().runtime.output_dir
     config.tracking.parent_run_id = config.tracking.parent_run_id or parent_run_id()
+    from recsys.data.featurize import DataError
+    from recsys.tracking import TrackingError
     from recsys.train.recipe import run  # heavy imports (torchrec) after config errors surface
 
     try:
         result = run(config)
-    except ConfigError as e:
-        log.error("config error: %s", e)
+    except (ConfigError, DataError, TrackingError) as e:
+        # The user can act on these: say what is wrong without a traceback.
+        log.error("%s: %s", type(e).__name__, e)
         sys.exit(2)
     if int(os.environ.get("RANK", 0)) == 0:
         print(summary(result))

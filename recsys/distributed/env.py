@@ -2,13 +2,12 @@
 
 torchrun (single- or multi-node, c10d rendezvous) sets RANK, WORLD_SIZE, LOCAL_RANK and
 MASTER_ADDR/PORT; nothing here schedules processes. A plain `recsys-train` still needs a process
-group because DistributedModelParallel does, so it gets a world of one on a free local port.
+group because DistributedModelParallel does, so it gets a world of one over an in-memory store.
 """
 
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -42,15 +41,18 @@ def init_distributed(device_name: str) -> DistEnv:
     device = _device(device_name, local_rank)
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
-        if "MASTER_ADDR" not in os.environ:
-            os.environ["MASTER_ADDR"] = "127.0.0.1"
-            os.environ["MASTER_PORT"] = str(free_port())
-        dist.init_process_group(
-            backend=backend,
-            rank=rank,
-            world_size=world_size,
-            device_id=device if device.type == "cuda" else None,
-        )
+        device_id = device if device.type == "cuda" else None
+        if "MASTER_ADDR" in os.environ:  # torchrun (or the user) says where to rendezvous
+            dist.init_process_group(backend, rank=rank, world_size=world_size, device_id=device_id)
+        elif world_size == 1:
+            # A world of one needs no network: an in-memory store, so back-to-back runs in
+            # one process (sweeps, tests) never fight over a port.
+            store = dist.HashStore()
+            dist.init_process_group(backend, store=store, rank=0, world_size=1, device_id=device_id)
+        else:
+            raise ConfigError(
+                f"WORLD_SIZE={world_size} but MASTER_ADDR is not set: launch with torchrun."
+            )
     return DistEnv(rank, world_size, local_rank, device, backend)
 
 
@@ -68,12 +70,6 @@ def _device(name: str, local_rank: int) -> torch.device:
 def shutdown_distributed() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def broadcast_object(obj: Any, env: DistEnv) -> Any:

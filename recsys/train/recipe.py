@@ -21,12 +21,13 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from recsys.config import ConfigError, Schema, TrainConfig, resolve_schema
+from recsys.data.featurize import DataError
 from recsys.data.loader import LoaderOptions, StreamingDataset
 from recsys.distributed.env import DistEnv, broadcast_object, init_distributed, shutdown_distributed
 from recsys.distributed.sharding import attach_sparse_optimizer, full_state_dict, shard_model
 from recsys.export.writer import write_export
 from recsys.model.dlrm import build_model
-from recsys.tracking import NullTracker, Tracker, open_tracker
+from recsys.tracking import Tracker, open_tracker
 from recsys.train.loop import Evaluation, TrainState, evaluate, train_epoch
 from recsys.train.wrapper import ClickModelTrain
 
@@ -92,7 +93,6 @@ def _datasets(
 ) -> tuple[StreamingDataset, StreamingDataset]:
     if cfg.data.eval_path is None:
         raise ConfigError("data.eval_path is not set: give the rows to evaluate on.")
-    hint = f" ({cfg.data.prepare_hint})" if cfg.data.prepare_hint else ""
     train_opts = LoaderOptions(cfg.trainer.batch_size, cfg.trainer.shuffle, cfg.trainer.seed)
     eval_opts = LoaderOptions(cfg.trainer.eval_batch_size)
     try:
@@ -100,10 +100,10 @@ def _datasets(
         evaluation = StreamingDataset(
             cfg.data.eval_path, schema, eval_opts, env.rank, env.world_size
         )
-    except Exception as e:
-        if hint and "matches no files" in str(e):
-            raise type(e)(f"{e}{hint}") from e
-        raise
+    except DataError as e:
+        if cfg.data.prepare_hint is None:
+            raise
+        raise DataError(f"{e} For data={cfg.data.name}: {cfg.data.prepare_hint}.") from e
     return train, evaluation
 
 
@@ -204,4 +204,4 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-__all__ = ["TrainResult", "run", "NullTracker"]
+__all__ = ["TrainResult", "run"]
