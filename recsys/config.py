@@ -98,7 +98,7 @@ class ModelConfig:
 @dataclass
 class TrainerConfig:
     device: str = "cpu"  # cpu (gloo) | cuda (nccl)
-    epochs: int = 2
+    epochs: int = 3
     max_steps: int | None = None  # stop after this many steps, whatever the epoch count
     batch_size: int = 512
     eval_batch_size: int = 4096
@@ -106,6 +106,7 @@ class TrainerConfig:
     weight_decay: float = 0.0  # dense optimizer
     sparse_optimizer: str = "rowwise_adagrad"  # rowwise_adagrad | adagrad | sgd
     sparse_lr: float = 0.01
+    first_order_lr: float | None = None  # per-id bias tables; None: sparse_lr
     sparse_weight_decay: float = 0.0
     seed: int = 0
     log_every_n_steps: int = 20

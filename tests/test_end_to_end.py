@@ -143,3 +143,28 @@ def test_tracking_off_still_trains(
     assert result.run_id is None and result.steps == 5
     assert "not recorded" in result.tracking or "off" in result.tracking
     assert np.isfinite(result.metrics["eval/auc"])
+
+
+@pytest.mark.parametrize(
+    "notebook", sorted(Path(__file__).parents[1].glob("notebooks/*.ipynb")), ids=lambda p: p.name
+)
+def test_notebooks_run_on_a_trained_model(
+    trained, notebook: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import nbformat
+    from nbclient import NotebookClient
+
+    result, uri, eval_path = trained
+    monkeypatch.setenv("RECSYS_EXPORT_DIR", str(result.export_dir))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("RECSYS_DATA", str(eval_path))
+    nb = nbformat.read(notebook, as_version=4)
+    NotebookClient(
+        nb,
+        timeout=300,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(notebook.parent)}},
+    ).execute()
+    outputs = "".join(o.get("text", "") for cell in nb.cells for o in cell.get("outputs", []))
+    assert "points per curve: {'train/loss'" in outputs
+    assert "correlation of item click rate with learnt bias" in outputs

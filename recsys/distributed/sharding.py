@@ -27,32 +27,28 @@ from recsys.distributed.env import DistEnv
 log = logging.getLogger(__name__)
 
 
-def attach_sparse_optimizer(tables: nn.Module, trainer: TrainerConfig) -> None:
-    """Fuse the sparse optimizer into the embedding backward pass.
+_SPARSE_OPTIMIZERS = {
+    "rowwise_adagrad": RowWiseAdagrad,
+    "adagrad": torch.optim.Adagrad,
+    "sgd": torch.optim.SGD,
+}
+
+
+def attach_sparse_optimizer(tables: nn.Module, trainer: TrainerConfig, lr: float) -> None:
+    """Fuse the sparse optimizer into the embedding backward pass of `tables`.
 
     Fused, the update happens inside FBGEMM's backward kernel: gradients for huge tables are
     never materialised as dense tensors, and only the rows touched by the batch move.
     """
-    optimizers = {
-        "rowwise_adagrad": (
-            RowWiseAdagrad,
-            {"lr": trainer.sparse_lr, "weight_decay": trainer.sparse_weight_decay},
-        ),
-        "adagrad": (
-            torch.optim.Adagrad,
-            {"lr": trainer.sparse_lr, "weight_decay": trainer.sparse_weight_decay},
-        ),
-        "sgd": (
-            torch.optim.SGD,
-            {"lr": trainer.sparse_lr, "weight_decay": trainer.sparse_weight_decay},
-        ),
-    }
-    if trainer.sparse_optimizer not in optimizers:
+    if trainer.sparse_optimizer not in _SPARSE_OPTIMIZERS:
         raise ConfigError(
-            f"trainer.sparse_optimizer={trainer.sparse_optimizer!r}; choose one of {sorted(optimizers)}."
+            f"trainer.sparse_optimizer={trainer.sparse_optimizer!r}; "
+            f"choose one of {sorted(_SPARSE_OPTIMIZERS)}."
         )
-    cls, kwargs = optimizers[trainer.sparse_optimizer]
-    apply_optimizer_in_backward(cls, tables.parameters(), kwargs)
+    kwargs = {"lr": lr, "weight_decay": trainer.sparse_weight_decay}
+    apply_optimizer_in_backward(
+        _SPARSE_OPTIMIZERS[trainer.sparse_optimizer], tables.parameters(), kwargs
+    )
 
 
 def shard_model(model: nn.Module, env: DistEnv) -> tuple[DistributedModelParallel, ShardingPlan]:

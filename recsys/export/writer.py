@@ -8,6 +8,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +27,11 @@ HEAD_PREFIX = "head."
 
 
 def write_export(
-    export_dir: Path, schema: Schema, head_config: HeadConfig, state: dict[str, torch.Tensor]
+    export_dir: Path,
+    schema: Schema,
+    head_config: HeadConfig,
+    state: dict[str, torch.Tensor],
+    provenance: dict[str, Any] | None = None,
 ) -> Path:
     """Write tables, dense part and manifest; the folder appears whole or not at all.
 
@@ -35,6 +40,7 @@ def write_export(
         schema: the feature schema the model was trained with.
         head_config: shapes of the dense part.
         state: the model's full state dict (keys as in `recsys.model.dlrm.DLRM`).
+        provenance: where the model came from (MLflow run id, eval metrics), kept as is.
     """
     export_dir = Path(export_dir)
     staging = export_dir.with_name(export_dir.name + f".tmp-{os.getpid()}")
@@ -55,6 +61,7 @@ def write_export(
         "hashing": HASH_RULE,
         "schema": schema.to_dict(),
         "schema_fingerprint": schema.fingerprint(),
+        "provenance": provenance or {},
         "tables": tables,
         "dense": {
             "file": "dense.pt",

@@ -74,6 +74,8 @@ def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
         tracker.log_text(str(plan), "sharding_plan.txt")
         tracker.log_dict(json.loads(json.dumps(asdict(cfg), default=str)), "config.json")
         tracker.log_dict(schema.to_dict(), "schema.json")
+        if (output_dir / ".hydra").is_dir():  # Hydra's composed config and the raw overrides
+            tracker.log_artifacts(output_dir / ".hydra", "hydra")
         result = TrainResult(
             metrics={}, output_dir=output_dir, run_id=tracker.run_id, tracking=tracker.describe()
         )
@@ -112,7 +114,13 @@ def _build(
 ) -> tuple[nn.Module, torch.optim.Optimizer, object]:
     # Tables start on "meta": DistributedModelParallel allocates only this rank's shards.
     model = build_model(schema, cfg.model, device=torch.device("meta"))
-    attach_sparse_optimizer(model.sparse_arch, cfg.trainer)
+    sparse = model.sparse_arch
+    attach_sparse_optimizer(sparse.embedding_bags, cfg.trainer, cfg.trainer.sparse_lr)
+    if sparse.first_order_bags is not None:
+        # The wide part gets its own step size (as wide-and-deep's wide optimizer does):
+        # per-id biases need to move far, embeddings moving that fast overfit.
+        first_order_lr = cfg.trainer.first_order_lr or cfg.trainer.sparse_lr
+        attach_sparse_optimizer(sparse.first_order_bags, cfg.trainer, first_order_lr)
     sharded, plan = shard_model(ClickModelTrain(model), env)
     dense_params = dict(in_backward_optimizer_filter(sharded.named_parameters()))
     dense = KeyedOptimizerWrapper(
@@ -192,8 +200,13 @@ def _export(
     prefix = "model."  # ClickModelTrain keeps the model under `.model`
     state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     inner = model.module.model if hasattr(model, "module") else model.model
+    provenance = {
+        "mlflow_run_id": result.run_id,
+        "output_dir": str(output_dir),
+        "eval_metrics": result.metrics,
+    }
     result.export_dir = write_export(
-        output_dir / cfg.export.subdir, schema, inner.head_config, state
+        output_dir / cfg.export.subdir, schema, inner.head_config, state, provenance
     )
     tracker.log_artifacts(result.export_dir, "export")
 
