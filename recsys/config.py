@@ -71,6 +71,7 @@ class FeatureSpec:
     seed: int = 0  # mmh3 seed; distinct per feature so shared tables do not collide alike
     transform: DenseTransform = DenseTransform.none  # dense features only
     delimiter: str | None = None  # id_list stored as one delimited string
+    dropout: float = 0.0  # train-time chance to blank this feature in a row (see DLRMHead)
 
 
 @dataclass
@@ -170,6 +171,7 @@ class ResolvedFeature:
     seed: int
     transform: DenseTransform
     delimiter: str | None
+    dropout: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -262,6 +264,10 @@ def _resolve_feature(name: str, spec: FeatureSpec) -> ResolvedFeature:
         raise ConfigError(f"data.features.{name}: a dense feature feeds no table; drop `table`.")
     if spec.delimiter is not None and spec.kind is not FeatureKind.id_list:
         raise ConfigError(f"data.features.{name}: `delimiter` only applies to kind=id_list.")
+    if not 0.0 <= spec.dropout < 1.0 or (dense and spec.dropout):
+        raise ConfigError(
+            f"data.features.{name}.dropout={spec.dropout}: need 0 <= dropout < 1, sparse features only."
+        )
     return ResolvedFeature(
         name=name,
         kind=spec.kind,
@@ -270,6 +276,7 @@ def _resolve_feature(name: str, spec: FeatureSpec) -> ResolvedFeature:
         seed=int(spec.seed),
         transform=spec.transform,
         delimiter=spec.delimiter,
+        dropout=float(spec.dropout),
     )
 
 

@@ -104,6 +104,7 @@ def head_config(schema: Schema, config: ModelConfig) -> HeadConfig:
         over_arch=tuple(config.over_arch),
         first_order=config.first_order,
         dropout=config.dropout,
+        feature_dropout=tuple(f.dropout for f in schema.sparse_features),
     )
 
 

@@ -24,15 +24,15 @@ class HeadConfig:
     over_arch: tuple[int, ...]
     first_order: bool
     dropout: float = 0.0
+    feature_dropout: tuple[float, ...] = ()  # per sparse feature; () = none
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @staticmethod
     def from_dict(d: dict) -> HeadConfig:
-        return HeadConfig(
-            **{**d, "dense_arch": tuple(d["dense_arch"]), "over_arch": tuple(d["over_arch"])}
-        )
+        tuples = {k: tuple(d.get(k, ())) for k in ("dense_arch", "over_arch", "feature_dropout")}
+        return HeadConfig(**{**d, **tuples})
 
 
 def mlp(sizes: list[int], dropout: float = 0.0, last_activation: bool = True) -> nn.Sequential:
@@ -82,6 +82,7 @@ class DLRMHead(nn.Module):
     ) -> torch.Tensor:
         """Logits [B] from dense [B, num_dense], pooled [B, num_sparse, D] and per-feature
         first-order weights [B, num_sparse] (None when first_order is off)."""
+        pooled, first_order = self._drop_features(pooled, first_order)
         vectors, over_inputs = [pooled], []
         if self.dense_arch is not None:
             dense_vector = self.dense_arch(dense)
@@ -94,3 +95,20 @@ class DLRMHead(nn.Module):
         if self.dense_linear is not None:
             logits = logits + self.dense_linear(dense).squeeze(-1)
         return logits
+
+    def _drop_features(
+        self, pooled: torch.Tensor, first_order: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """In training, blank sparse feature f of each row with probability feature_dropout[f].
+
+        An id never seen in training hashes to an untrained, near-zero row. Unless the model
+        meets such rows while training, it has never learnt to predict without them: blanking
+        features at random teaches it to fall back on the others (DropoutNet, Volkovs et al.
+        2017). No rescaling: a blank means "unknown", as it will for a new id.
+        """
+        if not self.training or not any(self.config.feature_dropout):
+            return pooled, first_order
+        p = torch.tensor(self.config.feature_dropout, device=pooled.device)
+        keep = (torch.rand(pooled.shape[:2], device=pooled.device) >= p).to(pooled.dtype)
+        pooled = pooled * keep.unsqueeze(-1)
+        return pooled, None if first_order is None else first_order * keep

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -36,14 +36,15 @@ class TrainState:
         return self.samples / self.train_seconds if self.train_seconds else 0.0
 
 
-@dataclass
 class _Window:
-    """Loss and sample sums since the last log step, kept as tensors to avoid host syncs."""
+    """Loss and sample sums since the last log step, kept on the device: adding to them
+    never waits for the device; reading them (on log steps only) does."""
 
-    loss_sum: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
-    weight_sum: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
-    started: float = field(default_factory=time.perf_counter)
-    samples: int = 0
+    def __init__(self, device: torch.device):
+        self.loss_sum = torch.zeros((), device=device)
+        self.weight_sum = torch.zeros((), device=device)
+        self.samples = 0
+        self.started = time.perf_counter()
 
 
 def train_epoch(
@@ -68,7 +69,7 @@ def train_epoch(
         disable=not (env.is_main and trainer.progress_bar),
         leave=False,
     )
-    window, started, real_rows = _Window(), time.perf_counter(), 0
+    window, started, real_rows = _Window(env.device), time.perf_counter(), 0
     for batch in batches:
         real_rows += 0 if batch is padding else batch.size
         batch = batch.to(env.device, non_blocking=True)
@@ -78,13 +79,13 @@ def train_epoch(
         optimizer.step()
         state.step += 1
         weight = batch.weights.sum().detach()
-        window.loss_sum += loss.detach().cpu() * weight.cpu()
-        window.weight_sum += weight.cpu()
+        window.loss_sum += loss.detach() * weight
+        window.weight_sum += weight
         window.samples += batch.size
         bar.update(1)
         if state.step % trainer.log_every_n_steps == 0:
             _log_window(window, env, state, sink, bar)
-            window = _Window()
+            window = _Window(env.device)
         if trainer.max_steps is not None and state.step >= trainer.max_steps:
             break
     bar.close()
@@ -98,7 +99,14 @@ def _log_window(
 ) -> None:
     # .item() is a host sync point: done only here, on log steps.
     sums = _global_sum(
-        torch.stack([window.loss_sum, window.weight_sum, torch.tensor(float(window.samples))]), env
+        torch.stack(
+            [
+                window.loss_sum,
+                window.weight_sum,
+                torch.tensor(float(window.samples), device=window.loss_sum.device),
+            ]
+        ),
+        env,
     )
     loss = (sums[0] / sums[1].clamp(min=1.0)).item()
     rate = sums[2].item() / max(time.perf_counter() - window.started, 1e-9)

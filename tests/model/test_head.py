@@ -1,0 +1,63 @@
+"""The plain-torch dense part: interaction, first-order term, feature dropout."""
+
+from __future__ import annotations
+
+import torch
+
+from recsys.model.head import DLRMHead, HeadConfig, pairwise_dot
+
+
+def _config(**overrides) -> HeadConfig:
+    base = dict(
+        num_dense=2,
+        num_sparse=3,
+        embedding_dim=4,
+        dense_arch=(8,),
+        over_arch=(8,),
+        first_order=True,
+    )
+    return HeadConfig(**{**base, **overrides})
+
+
+def test_pairwise_dot_is_upper_triangle_of_gram() -> None:
+    v = torch.randn(5, 4, 3)
+    got = pairwise_dot(v)
+    expected = torch.stack(
+        [(v[:, i] * v[:, j]).sum(-1) for i in range(4) for j in range(i + 1, 4)], dim=1
+    )
+    torch.testing.assert_close(got, expected)
+
+
+def test_first_order_adds_per_feature_biases() -> None:
+    head = DLRMHead(_config()).eval()
+    dense, pooled = torch.randn(6, 2), torch.randn(6, 3, 4)
+    bias = torch.randn(6, 3)
+    torch.testing.assert_close(
+        head(dense, pooled, bias) - head(dense, pooled, torch.zeros(6, 3)), bias.sum(1)
+    )
+
+
+def test_feature_dropout_only_while_training() -> None:
+    head = DLRMHead(_config(feature_dropout=(0.5, 0.0, 0.5)))
+    dense, pooled, bias = torch.randn(400, 2), torch.randn(400, 3, 4), torch.randn(400, 3)
+    head.eval()
+    torch.testing.assert_close(
+        head(dense, pooled, bias), head(dense, pooled, bias)
+    )  # deterministic
+    head.train()
+    kept_pooled, kept_bias = head._drop_features(pooled, bias)
+    blank = (kept_pooled == 0).all(-1)
+    assert 0.4 < blank[:, 0].float().mean().item() < 0.6
+    assert not blank[:, 1].any()  # rate 0: never blanked
+    assert torch.equal(blank, kept_bias == 0)  # a blanked feature loses its bias too
+
+
+def test_no_dense_features() -> None:
+    head = DLRMHead(_config(num_dense=0)).eval()
+    out = head(torch.zeros(3, 0), torch.randn(3, 3, 4), None)
+    assert out.shape == (3,)
+
+
+def test_config_round_trip() -> None:
+    config = _config(feature_dropout=(0.25, 0.0, 0.0), dropout=0.1)
+    assert HeadConfig.from_dict(config.to_dict()) == config
