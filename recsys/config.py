@@ -93,6 +93,9 @@ class ModelConfig:
     dense_arch: list[int] = field(default_factory=lambda: [32])  # hidden sizes; -> embedding_dim
     over_arch: list[int] = field(default_factory=lambda: [64, 32])  # hidden sizes; -> 1 logit
     first_order: bool = True  # a learned bias per id (wide part), as in wide-and-deep / FM
+    deep_embeddings: bool = (
+        False  # over arch also reads the embeddings, not only their dots (DeepFM)
+    )
     dropout: float = 0.2
 
 
@@ -105,7 +108,7 @@ class TrainerConfig:
     eval_batch_size: int = 4096
     lr: float = 1e-3  # dense optimizer (Adam)
     weight_decay: float = 0.0  # dense optimizer
-    sparse_optimizer: str = "rowwise_adagrad"  # rowwise_adagrad | adagrad | sgd
+    sparse_optimizer: str = "rowwise_adagrad"  # rowwise_adagrad | adagrad | adam | sgd
     sparse_lr: float = 0.01
     first_order_lr: float | None = None  # per-id bias tables; None: sparse_lr
     sparse_weight_decay: float = 0.0

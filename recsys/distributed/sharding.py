@@ -31,6 +31,7 @@ _SPARSE_OPTIMIZERS = {
     "rowwise_adagrad": RowWiseAdagrad,
     "adagrad": torch.optim.Adagrad,
     "sgd": torch.optim.SGD,
+    "adam": torch.optim.Adam,
 }
 
 
@@ -44,6 +45,11 @@ def attach_sparse_optimizer(tables: nn.Module, trainer: TrainerConfig, lr: float
         raise ConfigError(
             f"trainer.sparse_optimizer={trainer.sparse_optimizer!r}; "
             f"choose one of {sorted(_SPARSE_OPTIMIZERS)}."
+        )
+    if trainer.sparse_optimizer == "adam" and trainer.device == "cpu":
+        raise ConfigError(
+            "trainer.sparse_optimizer=adam: FBGEMM's CPU kernels have no fused Adam; "
+            "use rowwise_adagrad, adagrad or sgd on CPU, or trainer.device=cuda."
         )
     kwargs = {"lr": lr, "weight_decay": trainer.sparse_weight_decay}
     apply_optimizer_in_backward(

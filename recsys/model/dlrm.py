@@ -105,6 +105,7 @@ def head_config(schema: Schema, config: ModelConfig) -> HeadConfig:
         first_order=config.first_order,
         dropout=config.dropout,
         feature_dropout=tuple(f.dropout for f in schema.sparse_features),
+        deep_embeddings=config.deep_embeddings,
     )
 
 

@@ -25,6 +25,7 @@ class HeadConfig:
     first_order: bool
     dropout: float = 0.0
     feature_dropout: tuple[float, ...] = ()  # per sparse feature; () = none
+    deep_embeddings: bool = False  # the over arch also sees the embeddings themselves (DeepFM)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,6 +71,7 @@ class DLRMHead(nn.Module):
         self.dense_arch = mlp([config.num_dense, *config.dense_arch, dim]) if has_dense else None
         num_vectors = config.num_sparse + int(has_dense)
         num_inputs = num_vectors * (num_vectors - 1) // 2 + (dim if has_dense else 0)
+        num_inputs += config.num_sparse * dim if config.deep_embeddings else 0
         self.over_arch = mlp(
             [num_inputs, *config.over_arch, 1], config.dropout, last_activation=False
         )
@@ -89,6 +91,8 @@ class DLRMHead(nn.Module):
             vectors.insert(0, dense_vector.unsqueeze(1))
             over_inputs.append(dense_vector)
         over_inputs.append(pairwise_dot(torch.cat(vectors, dim=1)))
+        if self.config.deep_embeddings:
+            over_inputs.append(pooled.flatten(1))
         logits = self.over_arch(torch.cat(over_inputs, dim=1)).squeeze(-1)
         if first_order is not None:
             logits = logits + first_order.sum(dim=1)
