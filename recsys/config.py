@@ -70,6 +70,8 @@ class FeatureSpec:
     table: str | None = None
     seed: int = 0  # mmh3 seed; distinct per feature so shared tables do not collide alike
     transform: DenseTransform = DenseTransform.none  # dense features only
+    mean: float = 0.0  # dense: after the transform, (x - mean) / std; statistics of the
+    std: float = 1.0  # training data, so the dense arch sees inputs of unit scale
     delimiter: str | None = None  # id_list stored as one delimited string
     dropout: float = 0.0  # train-time chance to blank this feature in a row (see DLRMHead)
 
@@ -114,7 +116,8 @@ class TrainerConfig:
     sparse_weight_decay: float = 0.0
     seed: int = 0
     log_every_n_steps: int = 20
-    shuffle: bool = True
+    shuffle_buffer: int = 0  # rows mixed in a seeded buffer; 0 keeps file (time) order
+    shuffle_files: bool = False  # reorder row groups every epoch (loses time order)
     progress_bar: bool = True
 
 
@@ -175,6 +178,8 @@ class ResolvedFeature:
     transform: DenseTransform
     delimiter: str | None
     dropout: float = 0.0
+    mean: float = 0.0
+    std: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -267,6 +272,8 @@ def _resolve_feature(name: str, spec: FeatureSpec) -> ResolvedFeature:
         raise ConfigError(f"data.features.{name}: a dense feature feeds no table; drop `table`.")
     if spec.delimiter is not None and spec.kind is not FeatureKind.id_list:
         raise ConfigError(f"data.features.{name}: `delimiter` only applies to kind=id_list.")
+    if spec.std <= 0:
+        raise ConfigError(f"data.features.{name}.std={spec.std}: must be > 0.")
     if not 0.0 <= spec.dropout < 1.0 or (dense and spec.dropout):
         raise ConfigError(
             f"data.features.{name}.dropout={spec.dropout}: need 0 <= dropout < 1, sparse features only."
@@ -280,6 +287,8 @@ def _resolve_feature(name: str, spec: FeatureSpec) -> ResolvedFeature:
         transform=spec.transform,
         delimiter=spec.delimiter,
         dropout=float(spec.dropout),
+        mean=float(spec.mean),
+        std=float(spec.std),
     )
 
 

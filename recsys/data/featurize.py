@@ -130,7 +130,7 @@ def _dense_column(
         )
     if feature.transform is DenseTransform.log1p:
         values = np.log1p(np.maximum(values, 0.0))
-    return values.astype(np.float32)
+    return ((values - feature.mean) / feature.std).astype(np.float32)
 
 
 def _sparse_column(

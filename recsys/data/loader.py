@@ -1,9 +1,10 @@
 """The streaming dataset: row groups -> shuffle buffer -> featurized `Batch`es.
 
 Each (rank, worker) pair reads a disjoint, round-robin share of the row groups, so within an
-epoch every row is read exactly once across all processes. The row-group order is reshuffled
-every epoch with the same seed on every rank (the deal stays disjoint), and rows are mixed in
-a bounded shuffle buffer.
+epoch every row is read exactly once across all processes. Optionally the row-group order is
+reshuffled every epoch (same seed on every rank, so the deal stays disjoint), and rows are
+mixed in a bounded, seeded shuffle buffer. With both off, rows come in file order: for a click
+log sorted by time, that is time order.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ ROW_ID_COLUMN = "__row_id"
 @dataclass(frozen=True)
 class LoaderOptions:
     batch_size: int
-    shuffle: bool = False
+    shuffle_buffer_rows: int = 0  # rows mixed at a time; 0 keeps file order
+    shuffle_files: bool = False  # reorder row groups every epoch
     seed: int = 0
-    shuffle_buffer_rows: int = 65536
     num_workers: int = 0
 
 
@@ -56,7 +57,7 @@ class StreamingDataset(IterableDataset):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         order = list(self.shards)
-        if self.options.shuffle:
+        if self.options.shuffle_files:
             np.random.default_rng([self.options.seed, self.epoch]).shuffle(order)
         return assign_shards(order, self.rank * workers + worker, self.world_size * workers)
 
@@ -71,15 +72,17 @@ class StreamingDataset(IterableDataset):
                 next_row_id += block.num_rows
                 buffered += block.num_rows
                 if buffered >= self._buffer_limit():
-                    table = _mix(buffer, rng if self.options.shuffle else None)
+                    table = _mix(buffer, rng if self.options.shuffle_buffer_rows else None)
                     keep = table.num_rows % self.options.batch_size
                     yield from self._batches(table.slice(0, table.num_rows - keep))
                     buffer, buffered = [table.slice(table.num_rows - keep)], keep
         if buffered:
-            yield from self._batches(_mix(buffer, rng if self.options.shuffle else None))
+            yield from self._batches(
+                _mix(buffer, rng if self.options.shuffle_buffer_rows else None)
+            )
 
     def _buffer_limit(self) -> int:
-        if not self.options.shuffle:
+        if not self.options.shuffle_buffer_rows:
             return self.options.batch_size
         return max(self.options.shuffle_buffer_rows, self.options.batch_size)
 

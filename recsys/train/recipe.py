@@ -95,7 +95,10 @@ def _datasets(
 ) -> tuple[StreamingDataset, StreamingDataset]:
     if cfg.data.eval_path is None:
         raise ConfigError("data.eval_path is not set: give the rows to evaluate on.")
-    train_opts = LoaderOptions(cfg.trainer.batch_size, cfg.trainer.shuffle, cfg.trainer.seed)
+    trainer = cfg.trainer
+    train_opts = LoaderOptions(
+        trainer.batch_size, trainer.shuffle_buffer, trainer.shuffle_files, trainer.seed
+    )
     eval_opts = LoaderOptions(cfg.trainer.eval_batch_size)
     try:
         train = StreamingDataset(cfg.data.train_path, schema, train_opts, env.rank, env.world_size)

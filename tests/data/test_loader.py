@@ -41,12 +41,12 @@ def _row_ids(dataset: StreamingDataset, workers: int) -> list[int]:
     return [i for batch in loader for i in batch.row_ids.tolist()]
 
 
-@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize(("buffer", "files"), [(0, False), (200, True), (200, False)])
 def test_every_row_exactly_once_over_2_ranks_x_2_workers(
-    tmp_path: Path, schema, shuffle: bool
+    tmp_path: Path, schema, buffer: int, files: bool
 ) -> None:
     total = _write_uneven(tmp_path / "logs")
-    options = LoaderOptions(batch_size=64, shuffle=shuffle, seed=3, shuffle_buffer_rows=200)
+    options = LoaderOptions(batch_size=64, shuffle_buffer_rows=buffer, shuffle_files=files, seed=3)
     seen: list[int] = []
     for rank in range(2):
         dataset = StreamingDataset(str(tmp_path / "logs"), schema, options, rank=rank, world_size=2)
@@ -71,7 +71,7 @@ def test_glob_and_single_file_paths(tmp_path: Path, schema) -> None:
 
 def test_shuffle_is_seeded_and_changes_per_epoch(tmp_path: Path, schema) -> None:
     _write_uneven(tmp_path / "logs")
-    options = LoaderOptions(batch_size=50, shuffle=True, seed=7, shuffle_buffer_rows=300)
+    options = LoaderOptions(batch_size=50, shuffle_buffer_rows=300, shuffle_files=True, seed=7)
     first = StreamingDataset(str(tmp_path / "logs"), schema, options)
     again = StreamingDataset(str(tmp_path / "logs"), schema, options)
     assert _row_ids(first, 0) == _row_ids(again, 0)
@@ -79,6 +79,21 @@ def test_shuffle_is_seeded_and_changes_per_epoch(tmp_path: Path, schema) -> None
     first.set_epoch(1)
     assert _row_ids(first, 0) != epoch0
     assert _row_ids(first, 0) != sorted(epoch0)
+
+
+def test_no_shuffle_keeps_file_order(tmp_path: Path, schema) -> None:
+    total = _write_uneven(tmp_path / "logs")
+    dataset = StreamingDataset(str(tmp_path / "logs"), schema, LoaderOptions(batch_size=64))
+    assert _row_ids(dataset, 0) == list(range(total))
+
+
+def test_buffer_without_file_shuffle_only_mixes_nearby_rows(tmp_path: Path, schema) -> None:
+    _write_uneven(tmp_path / "logs")
+    options = LoaderOptions(batch_size=50, shuffle_buffer_rows=300, seed=1)
+    ids = _row_ids(StreamingDataset(str(tmp_path / "logs"), schema, options), 0)
+    assert ids != sorted(ids)
+    # A row never travels further than a buffer plus the leftover of the one before it.
+    assert max(abs(pos - row) for pos, row in enumerate(ids)) < 2 * 300 + 50
 
 
 def test_batches_carry_schema_features(tmp_path: Path, schema) -> None:
