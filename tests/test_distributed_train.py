@@ -36,7 +36,7 @@ def _torchrun(nproc: int, out: Path, overrides: list[str]) -> subprocess.Complet
 
 @pytest.mark.distributed
 def test_two_gloo_processes_train_export_and_match_one_process(tiny_log, tmp_path: Path) -> None:
-    overrides = tiny_log.overrides + ["tracking=none", "trainer.epochs=2"]
+    overrides = tiny_log.overrides + ["tracking=none", "trainer.epochs=4"]
     proc = _torchrun(2, tmp_path / "two", overrides)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (

@@ -28,7 +28,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[TrainResult, str,
     log = write_tiny_log(root)
     uri = f"sqlite:///{root}/mlruns/mlflow.db"
     cfg = load_config(
-        log.overrides + [f"tracking.uri={uri}", "tracking.experiment=e2e", "trainer.epochs=2"],
+        log.overrides + [f"tracking.uri={uri}", "tracking.experiment=e2e", "trainer.epochs=4"],
         output_dir=str(root / "out"),
     )
     return run(cfg), uri, log.eval
@@ -48,7 +48,7 @@ def test_mlflow_run_has_params_metrics_and_artifacts(trained) -> None:
     assert mlrun.info.status == "FINISHED"
     assert mlrun.data.params["trainer.batch_size"] == "128"
     assert mlrun.data.params["data.features.genres.kind"] == "id_list"
-    assert len(client.get_metric_history(result.run_id, "eval/auc")) == 2  # one per epoch
+    assert len(client.get_metric_history(result.run_id, "eval/auc")) == 4  # one per epoch
     assert len(client.get_metric_history(result.run_id, "train/loss")) >= 3
     top = {a.path for a in client.list_artifacts(result.run_id)}
     assert {
