@@ -71,7 +71,8 @@ def train_epoch(
     )
     window, started, real_rows = _Window(env.device), time.perf_counter(), 0
     for batch in batches:
-        real_rows += 0 if batch is padding else batch.size
+        rows = 0 if batch is padding else batch.size  # padding keeps ranks in step, trains nothing
+        real_rows += rows
         batch = batch.to(env.device, non_blocking=True)
         loss, _ = model(batch)
         optimizer.zero_grad()
@@ -81,7 +82,7 @@ def train_epoch(
         weight = batch.weights.sum().detach()
         window.loss_sum += loss.detach() * weight
         window.weight_sum += weight
-        window.samples += batch.size
+        window.samples += rows
         bar.update(1)
         if state.step % trainer.log_every_n_steps == 0:
             _log_window(window, env, state, sink, bar)
