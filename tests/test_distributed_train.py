@@ -36,9 +36,14 @@ def _torchrun(nproc: int, out: Path, overrides: list[str]) -> subprocess.Complet
 
 @pytest.mark.distributed
 def test_two_gloo_processes_train_export_and_match_one_process(tiny_log, tmp_path: Path) -> None:
-    overrides = tiny_log.overrides + ["tracking=none", "trainer.epochs=4"]
+    # MovieLens-size id tables, so the planner shards them table-wise over the two ranks and
+    # the export has to gather real shards.
+    big_tables = ["data.tables.user_id.num_buckets=65536", "data.tables.item_id.num_buckets=65536"]
+    overrides = tiny_log.overrides + ["tracking=none", "trainer.epochs=4", *big_tables]
     proc = _torchrun(2, tmp_path / "two", overrides)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    plan = (tmp_path / "two" / "sharding_plan.txt").read_text()
+    assert "table_wise" in plan and "rank:1/cpu" in plan, plan
     assert (
         "eval AUC" in proc.stdout and proc.stdout.count("== recsys run finished ==") == 1
     )  # rank 0 only

@@ -71,7 +71,10 @@ def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
         parent_run_id=cfg.tracking.parent_run_id,
     )
     with tracker:
-        tracker.log_text(str(plan), "sharding_plan.txt")
+        if env.is_main:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            (output_dir / "sharding_plan.txt").write_text(str(plan))
+            tracker.log_artifact(output_dir / "sharding_plan.txt")
         tracker.log_dict(json.loads(json.dumps(asdict(cfg), default=str)), "config.json")
         tracker.log_dict(schema.to_dict(), "schema.json")
         if (output_dir / ".hydra").is_dir():  # Hydra's composed config and the raw overrides
