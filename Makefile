@@ -8,17 +8,19 @@ ARGS ?=
 PORT ?= 5000
 # pip's configured find-links (where a local CPU build of torch may lie); uv does not read it.
 FIND_LINKS := $(shell $(PYTHON) -m pip config list 2>/dev/null | sed -n "s/^global.find-links='\(.*\)'/\1/p")
-STAMP := $(shell date +%Y-%m-%d/%H-%M-%S)
+# One run folder for all torchrun processes (each would stamp its own time otherwise).
+RUN_DIR ?= outputs/$(shell date +%Y-%m-%d/%H-%M-%S)
 MOVIELENS := data/movielens/train.parquet
-# Fetch MovieLens unless ARGS picks another data set.
-NEEDS_MOVIELENS := $(if $(findstring data=,$(ARGS)),$(findstring data=movielens,$(ARGS)),yes)
+# Fetch MovieLens unless ARGS picks another data set or points at other files.
+OTHER_DATA := $(findstring data.train_path=,$(ARGS))$(if $(findstring data=,$(ARGS)),$(if $(findstring data=movielens,$(ARGS)),,other))
+NEEDS_MOVIELENS := $(if $(OTHER_DATA),,yes)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup data train sweep test test-full lint fmt ui clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
-	@echo "  variables: NPROC=n (torchrun processes), ARGS='hydra overrides', PORT=5000 (ui)"
+	@echo "  variables: NPROC=n (torchrun processes), ARGS='hydra overrides', RUN_DIR (NPROC>1), PORT=5000 (ui)"
 
 setup: $(VENV)/.installed ## create .venv with the pinned stack (idempotent)
 
@@ -39,7 +41,7 @@ train: setup $(if $(NEEDS_MOVIELENS),$(MOVIELENS)) ## train + evaluate + track +
 ifeq ($(NPROC),1)
 	$(BIN)/recsys-train $(ARGS)
 else
-	$(BIN)/torchrun --standalone --nproc_per_node=$(NPROC) -m recsys.cli.train hydra.run.dir=outputs/$(STAMP) $(ARGS)
+	$(BIN)/torchrun --standalone --nproc_per_node=$(NPROC) -m recsys.cli.train hydra.run.dir=$(RUN_DIR) $(ARGS)
 endif
 
 sweep: setup $(if $(NEEDS_MOVIELENS),$(MOVIELENS)) ## Hydra multirun, e.g. ARGS='model.embedding_dim=8,16,32'

@@ -1,10 +1,9 @@
-"""Two real torchrun processes (gloo): training, exact metrics, export from sharded tables."""
+"""`make train NPROC=2`: two real torchrun processes (gloo), exact metrics, export from shards."""
 
 from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,18 +16,21 @@ from recsys.export.scorer import Scorer
 from recsys.metrics import auc
 from recsys.train.recipe import run
 
-TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
+REPO = Path(__file__).resolve().parents[1]
 
 
-def _torchrun(nproc: int, out: Path, overrides: list[str]) -> subprocess.CompletedProcess:
+def _make_train(nproc: int, out: Path, overrides: list[str]) -> subprocess.CompletedProcess:
+    """`make train NPROC=n`, the users' command: torchrun, gloo, one run folder."""
+    args = " ".join(overrides)
     cmd = [
-        TORCHRUN,
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        "recsys.cli.train",
-        f"hydra.run.dir={out}",
-        *overrides,
+        "make",
+        "-s",
+        "-C",
+        str(REPO),
+        "train",
+        f"NPROC={nproc}",
+        f"RUN_DIR={out}",
+        f"ARGS={args}",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env)
@@ -40,7 +42,7 @@ def test_two_gloo_processes_train_export_and_match_one_process(tiny_log, tmp_pat
     # the export has to gather real shards.
     big_tables = ["data.tables.user_id.num_buckets=65536", "data.tables.item_id.num_buckets=65536"]
     overrides = tiny_log.overrides + ["tracking=none", "trainer.epochs=4", *big_tables]
-    proc = _torchrun(2, tmp_path / "two", overrides)
+    proc = _make_train(2, tmp_path / "two", overrides)
     assert proc.returncode == 0, proc.stderr[-3000:]
     plan = (tmp_path / "two" / "sharding_plan.txt").read_text()
     assert "table_wise" in plan and "rank:1/cpu" in plan, plan
