@@ -132,6 +132,13 @@ class TrackingConfig:
 
 
 @dataclass
+class ShardingConfig:
+    # auto (the planner chooses per table) | table_wise | column_wise | row_wise |
+    # table_column_wise | data_parallel (forced on every table)
+    type: str = "auto"
+
+
+@dataclass
 class ExportConfig:
     enabled: bool = True
     subdir: str = "export"  # under the run's output folder
@@ -143,6 +150,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    sharding: ShardingConfig = field(default_factory=ShardingConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     output_dir: str = "outputs/manual"  # the CLI sets Hydra's run dir here
 

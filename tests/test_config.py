@@ -20,7 +20,7 @@ from recsys.config import (
     resolve_schema,
 )
 
-GROUPS = ["data", "model", "trainer", "tracking"]
+GROUPS = ["data", "model", "trainer", "tracking", "sharding"]
 
 
 def _options(group: str) -> list[str]:

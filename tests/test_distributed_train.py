@@ -62,3 +62,33 @@ def test_two_gloo_processes_train_export_and_match_one_process(tiny_log, tmp_pat
     # The export gathered from 2 ranks' shards scores like the sharded model did.
     scores = Scorer(tmp_path / "two" / "export").score(pq.read_table(tiny_log.eval))
     np.testing.assert_allclose(scores, predictions["prob"].to_numpy(), rtol=0, atol=1e-5)
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize(
+    "sharding",
+    [
+        "row_wise",  # TorchRec offers it on CUDA only; recsys adds it on CPU
+        pytest.param("column_wise", marks=pytest.mark.slow),
+        pytest.param("table_column_wise", marks=pytest.mark.slow),
+        pytest.param("data_parallel", marks=pytest.mark.slow),
+    ],
+)
+def test_forced_sharding_type_trains_and_exports(tiny_log, tmp_path: Path, sharding: str) -> None:
+    overrides = tiny_log.overrides + [
+        "tracking=none",
+        f"sharding={sharding}",
+        "data.tables.user_id.num_buckets=65536",
+    ]
+    proc = _make_train(2, tmp_path / "run", overrides)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    plan = (tmp_path / "run" / "sharding_plan.txt").read_text()
+    user_row = next(line for line in plan.splitlines() if line.startswith("user_id "))
+    assert sharding in user_row, plan
+    if sharding == "row_wise":
+        assert "[0, 1]" in user_row  # one table, rows split over both ranks
+    predictions = pq.read_table(tmp_path / "run" / "eval_predictions.parquet")
+    labels = torch.tensor(pq.read_table(tiny_log.eval)["label"].to_numpy())
+    assert auc(labels, torch.tensor(predictions["prob"].to_numpy())) > 0.6
+    scores = Scorer(tmp_path / "run" / "export").score(pq.read_table(tiny_log.eval))
+    np.testing.assert_allclose(scores, predictions["prob"].to_numpy(), rtol=0, atol=1e-5)

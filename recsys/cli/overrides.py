@@ -13,7 +13,7 @@ from typing import Any
 
 from recsys.config import TrainConfig
 
-GROUPS = ("data", "model", "trainer", "tracking")
+GROUPS = ("data", "model", "trainer", "tracking", "sharding")
 
 
 def check_overrides(args: list[str]) -> str | None:

@@ -60,41 +60,67 @@ class Batch(Pipelineable):
             row_ids=self.row_ids.pin_memory(),
         )
 
+    @property
+    def num_real_rows(self) -> int:
+        """Rows that carry data (weight > 0); the rest pad the batch to its fixed size."""
+        return int((self.row_ids >= 0).sum())
+
     @staticmethod
-    def from_arrays(arrays: FeatureArrays, schema: Schema, row_ids: np.ndarray) -> Batch:
-        names = [f.name for f in schema.sparse_features]
+    def from_arrays(
+        arrays: FeatureArrays, schema: Schema, row_ids: np.ndarray, size: int | None = None
+    ) -> Batch:
+        """Tensors from featurized rows, padded with weight-0 rows up to `size` rows.
+
+        Every batch of a run has the same size: row-wise sharded lookups reduce-scatter their
+        output over ranks, which needs equal batch sizes on all ranks at every step. Padding
+        rows have no ids, weight 0 and row id -1, so loss, metrics and predictions skip them.
+        """
         n = arrays.num_rows
+        size = n if size is None else size
+        if size < n:
+            raise ValueError(f"batch of {n} rows does not fit size {size}")
+        names = [f.name for f in schema.sparse_features]
+        pad = _padding_arrays(schema, size - n)
         labels = arrays.labels if arrays.labels is not None else np.zeros(n, np.float32)
         return Batch(
-            dense=torch.from_numpy(arrays.dense),
+            dense=torch.from_numpy(np.concatenate([arrays.dense, pad.dense])),
             sparse=KeyedJaggedTensor(
                 keys=names,
-                values=torch.from_numpy(np.concatenate([arrays.ids[k] for k in names])),
-                lengths=torch.from_numpy(np.concatenate([arrays.lengths[k] for k in names])),
+                values=torch.from_numpy(
+                    np.concatenate([x for k in names for x in (arrays.ids[k], pad.ids[k])])
+                ),
+                lengths=torch.from_numpy(
+                    np.concatenate([x for k in names for x in (arrays.lengths[k], pad.lengths[k])])
+                ),
             ),
-            labels=torch.from_numpy(labels),
-            weights=torch.ones(n, dtype=torch.float32),
-            row_ids=torch.from_numpy(row_ids.astype(np.int64)),
+            labels=torch.from_numpy(np.concatenate([labels, pad.labels])),
+            weights=torch.from_numpy(
+                np.concatenate([np.ones(n, np.float32), np.zeros(size - n, np.float32)])
+            ),
+            row_ids=torch.from_numpy(
+                np.concatenate([row_ids.astype(np.int64), np.full(size - n, -1, np.int64)])
+            ),
         )
 
     @staticmethod
-    def padding(schema: Schema, num_rows: int = 1) -> Batch:
-        """A weight-0 batch for a rank that ran out of data while others still have some.
+    def padding(schema: Schema, size: int = 1) -> Batch:
+        """An all-padding batch for a rank that ran out of data while others still have some.
 
         Sharded embedding lookups are collectives: every rank must take part in every step,
         so an exhausted rank feeds this (all ids missing) and contributes nothing to the loss.
         """
-        ids, lengths = {}, {}
-        for f in schema.sparse_features:
-            single = f.kind is FeatureKind.id
-            ids[f.name] = np.full(num_rows if single else 0, MISSING_BUCKET, np.int64)
-            lengths[f.name] = np.full(num_rows, 1 if single else 0, np.int32)
-        arrays = FeatureArrays(
-            labels=np.zeros(num_rows, np.float32),
-            dense=np.zeros((num_rows, len(schema.dense_features)), np.float32),
-            ids=ids,
-            lengths=lengths,
-        )
-        batch = Batch.from_arrays(arrays, schema, row_ids=np.full(num_rows, -1))
-        batch.weights.zero_()
-        return batch
+        return Batch.from_arrays(_padding_arrays(schema, 0), schema, np.zeros(0, np.int64), size)
+
+
+def _padding_arrays(schema: Schema, num_rows: int) -> FeatureArrays:
+    ids, lengths = {}, {}
+    for f in schema.sparse_features:
+        single = f.kind is FeatureKind.id
+        ids[f.name] = np.full(num_rows if single else 0, MISSING_BUCKET, np.int64)
+        lengths[f.name] = np.full(num_rows, 1 if single else 0, np.int32)
+    return FeatureArrays(
+        labels=np.zeros(num_rows, np.float32),
+        dense=np.zeros((num_rows, len(schema.dense_features)), np.float32),
+        ids=ids,
+        lengths=lengths,
+    )

@@ -92,7 +92,7 @@ class StreamingDataset(IterableDataset):
             row_ids = part.column(ROW_ID_COLUMN).to_numpy()
             origin = RecordOrigin(source=self.path, first_row=int(row_ids[0]))
             arrays = featurize(part, self.schema, origin)
-            yield Batch.from_arrays(arrays, self.schema, row_ids)
+            yield Batch.from_arrays(arrays, self.schema, row_ids, size=self.options.batch_size)
 
 
 def _worker_id() -> int:

@@ -14,10 +14,12 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torch.distributed.tensor import DTensor
+from torchrec import EmbeddingBagCollection
 from torchrec.distributed import DistributedModelParallel
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import get_default_sharders
-from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
-from torchrec.distributed.types import ShardingPlan
+from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+from torchrec.distributed.types import ShardingPlan, ShardingType
 from torchrec.optim import RowWiseAdagrad
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 
@@ -25,6 +27,15 @@ from recsys.config import ConfigError, TrainerConfig
 from recsys.distributed.env import DistEnv
 
 log = logging.getLogger(__name__)
+
+# Types a user can force on every table (`sharding=<type>`); "auto" lets the planner choose.
+_FORCEABLE = (
+    ShardingType.TABLE_WISE,
+    ShardingType.COLUMN_WISE,
+    ShardingType.ROW_WISE,
+    ShardingType.TABLE_COLUMN_WISE,
+    ShardingType.DATA_PARALLEL,
+)
 
 
 _SPARSE_OPTIMIZERS = {
@@ -57,13 +68,65 @@ def attach_sparse_optimizer(tables: nn.Module, trainer: TrainerConfig, lr: float
     )
 
 
-def shard_model(model: nn.Module, env: DistEnv) -> tuple[DistributedModelParallel, ShardingPlan]:
-    """Plan collectively over all ranks, then wrap in DistributedModelParallel."""
+SHARDING_TYPES = ("auto",) + tuple(t.value for t in _FORCEABLE)
+
+
+class CpuRowWiseSharder(EmbeddingBagCollectionSharder):
+    """The stock sharder, plus row-wise on CPU.
+
+    TorchRec lists row_wise only for CUDA, yet row-wise is what lets one huge table (billions
+    of users) span several hosts. Nothing below the sharder needs CUDA for it: ids are
+    bucketized to their row owner by FBGEMM's CPU op and looked up by the CPU TBE kernel.
+    """
+
+    def sharding_types(self, compute_device_type: str) -> list[str]:
+        types = super().sharding_types(compute_device_type)
+        if compute_device_type == "cpu" and ShardingType.ROW_WISE.value not in types:
+            types.append(ShardingType.ROW_WISE.value)
+        return types
+
+
+def shard_model(
+    model: nn.Module, env: DistEnv, sharding_type: str = "auto"
+) -> tuple[DistributedModelParallel, ShardingPlan]:
+    """Plan collectively over all ranks, then wrap in DistributedModelParallel.
+
+    `sharding_type` "auto" lets the planner choose per table; any other value forces that
+    type on every table through ParameterConstraints.
+    """
+    if sharding_type not in SHARDING_TYPES:
+        raise ConfigError(f"sharding.type={sharding_type!r}; choose one of {list(SHARDING_TYPES)}.")
+    constraints = None
+    if sharding_type != "auto":
+        constraints = {
+            name: ParameterConstraints(sharding_types=[sharding_type])
+            for name in table_names(model)
+        }
     topology = Topology(world_size=env.world_size, compute_device=env.device.type)
-    planner = EmbeddingShardingPlanner(topology=topology)
-    plan = planner.collective_plan(model, get_default_sharders(), dist.GroupMember.WORLD)
-    sharded = DistributedModelParallel(module=model, device=env.device, plan=plan)
+    planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
+    sharders = get_default_sharders()
+    if sharding_type == ShardingType.ROW_WISE.value:
+        # Only when asked for: "auto" keeps TorchRec's own CPU choices, whose cost model
+        # was never tuned for row-wise on CPU.
+        sharders = [
+            CpuRowWiseSharder() if isinstance(s, EmbeddingBagCollectionSharder) else s
+            for s in sharders
+        ]
+    plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
+    sharded = DistributedModelParallel(
+        module=model, device=env.device, plan=plan, sharders=sharders
+    )
     return sharded, plan
+
+
+def table_names(model: nn.Module) -> list[str]:
+    """Every embedding table of every EmbeddingBagCollection in `model`."""
+    return [
+        config.name
+        for module in model.modules()
+        if isinstance(module, EmbeddingBagCollection)
+        for config in module.embedding_bag_configs()
+    ]
 
 
 def full_state_dict(model: nn.Module, env: DistEnv) -> dict[str, torch.Tensor] | None:

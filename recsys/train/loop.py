@@ -60,8 +60,7 @@ def train_epoch(
     """Train one epoch; returns False once trainer.max_steps is reached."""
     model.train()
     dataset.set_epoch(state.epoch)
-    padding = Batch.padding(schema)
-    batches = lockstep(make_loader(dataset), padding, env)
+    batches = lockstep(make_loader(dataset), Batch.padding(schema, trainer.batch_size), env)
     total = -(-dataset.num_rows // (trainer.batch_size * env.world_size))  # ceil: an estimate
     bar = tqdm(
         total=total,
@@ -71,7 +70,7 @@ def train_epoch(
     )
     window, started, real_rows = _Window(env.device), time.perf_counter(), 0
     for batch in batches:
-        rows = 0 if batch is padding else batch.size  # padding keeps ranks in step, trains nothing
+        rows = batch.num_real_rows  # padding keeps ranks in step and trains nothing
         real_rows += rows
         batch = batch.to(env.device, non_blocking=True)
         loss, _ = model(batch)
@@ -137,7 +136,8 @@ def evaluate(
     model.eval()
     accumulator = MetricAccumulator()
     row_ids, probs = [], []
-    for batch in lockstep(make_loader(dataset), Batch.padding(schema), env):
+    padding = Batch.padding(schema, dataset.options.batch_size)
+    for batch in lockstep(make_loader(dataset), padding, env):
         batch = batch.to(env.device, non_blocking=True)
         _, (_, logits, labels) = model(batch)
         p = torch.sigmoid(logits.float()).cpu()

@@ -127,7 +127,7 @@ def _build(
         # per-id biases need to move far, embeddings moving that fast overfit.
         first_order_lr = cfg.trainer.first_order_lr or cfg.trainer.sparse_lr
         attach_sparse_optimizer(sparse.first_order_bags, cfg.trainer, first_order_lr)
-    sharded, plan = shard_model(ClickModelTrain(model), env)
+    sharded, plan = shard_model(ClickModelTrain(model), env, cfg.sharding.type)
     dense_params = dict(in_backward_optimizer_filter(sharded.named_parameters()))
     dense = KeyedOptimizerWrapper(
         dense_params,
