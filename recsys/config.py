@@ -95,9 +95,7 @@ class ModelConfig:
     dense_arch: list[int] = field(default_factory=lambda: [32])  # hidden sizes; -> embedding_dim
     over_arch: list[int] = field(default_factory=lambda: [64, 32])  # hidden sizes; -> 1 logit
     first_order: bool = True  # a learned bias per id (wide part), as in wide-and-deep / FM
-    deep_embeddings: bool = (
-        False  # over arch also reads the embeddings, not only their dots (DeepFM)
-    )
+    deep_embeddings: bool = False  # over arch also reads the embeddings (DeepFM-style)
     dropout: float = 0.2
 
 

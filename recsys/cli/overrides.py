@@ -13,8 +13,6 @@ from typing import Any
 
 from recsys.config import TrainConfig
 
-GROUPS = ("data", "model", "trainer", "tracking", "sharding")
-
 
 def check_overrides(args: list[str]) -> str | None:
     """An error message for the first override whose key does not exist, else None."""

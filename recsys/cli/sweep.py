@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any
 
@@ -15,7 +14,6 @@ from recsys.tracking import NullTracker, Tracker, open_tracker
 # Trials run after on_multirun_start, possibly in other processes (launcher plugins): the
 # parent run id travels in the environment, which every launcher passes on.
 PARENT_RUN_ENV = "RECSYS_PARENT_RUN_ID"
-log = logging.getLogger(__name__)
 
 
 class MlflowSweepCallback(Callback):

@@ -61,9 +61,13 @@ class Batch(Pipelineable):
         )
 
     @property
+    def real_rows(self) -> torch.Tensor:
+        """Mask of the rows that carry data; the others (row id -1, weight 0) are padding."""
+        return self.row_ids >= 0
+
+    @property
     def num_real_rows(self) -> int:
-        """Rows that carry data (weight > 0); the rest pad the batch to its fixed size."""
-        return int((self.row_ids >= 0).sum())
+        return int(self.real_rows.sum())
 
     @staticmethod
     def from_arrays(

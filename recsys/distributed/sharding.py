@@ -36,6 +36,7 @@ _FORCEABLE = (
     ShardingType.TABLE_COLUMN_WISE,
     ShardingType.DATA_PARALLEL,
 )
+SHARDING_TYPES = ("auto",) + tuple(t.value for t in _FORCEABLE)
 
 
 _SPARSE_OPTIMIZERS = {
@@ -66,9 +67,6 @@ def attach_sparse_optimizer(tables: nn.Module, trainer: TrainerConfig, lr: float
     apply_optimizer_in_backward(
         _SPARSE_OPTIMIZERS[trainer.sparse_optimizer], tables.parameters(), kwargs
     )
-
-
-SHARDING_TYPES = ("auto",) + tuple(t.value for t in _FORCEABLE)
 
 
 class CpuRowWiseSharder(EmbeddingBagCollectionSharder):

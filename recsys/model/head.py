@@ -78,6 +78,8 @@ class DLRMHead(nn.Module):
         self.dense_linear = (
             nn.Linear(config.num_dense, 1) if config.first_order and has_dense else None
         )
+        # Not persistent: derived from the config, so the export's state dict stays the same.
+        self.register_buffer("drop_p", torch.tensor(config.feature_dropout), persistent=False)
 
     def forward(
         self, dense: torch.Tensor, pooled: torch.Tensor, first_order: torch.Tensor | None
@@ -112,7 +114,6 @@ class DLRMHead(nn.Module):
         """
         if not self.training or not any(self.config.feature_dropout):
             return pooled, first_order
-        p = torch.tensor(self.config.feature_dropout, device=pooled.device)
-        keep = (torch.rand(pooled.shape[:2], device=pooled.device) >= p).to(pooled.dtype)
+        keep = (torch.rand(pooled.shape[:2], device=pooled.device) >= self.drop_p).to(pooled.dtype)
         pooled = pooled * keep.unsqueeze(-1)
         return pooled, None if first_order is None else first_order * keep

@@ -142,7 +142,7 @@ def evaluate(
         _, (_, logits, labels) = model(batch)
         p = torch.sigmoid(logits.float()).cpu()
         accumulator.update(labels.cpu(), p, batch.weights.cpu())
-        real = batch.weights.cpu() > 0
+        real = batch.real_rows.cpu()
         row_ids.append(batch.row_ids.cpu()[real].numpy())
         probs.append(p[real].numpy())
     metrics = accumulator.compute()
