@@ -1,0 +1,72 @@
+"""Embedding lookups built from the schema: TorchRec EmbeddingBagCollections -> pooled vectors.
+
+Every model shares this sparse part; the heads (`recsys.model.head`, ...) are plain torch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor, PoolingType
+
+from recsys.config import Pooling, Schema
+
+# Width of each first-order (per-id bias) table. One column would do, but FBGEMM's sharded
+# kernels need a multiple of 4 columns, so the bias is the sum of 4 learned columns.
+FIRST_ORDER_WIDTH = 4
+FIRST_ORDER_SUFFIX = "__first_order"
+
+_POOLING = {Pooling.sum: PoolingType.SUM, Pooling.mean: PoolingType.MEAN}
+
+
+def embedding_configs(schema: Schema) -> list[EmbeddingBagConfig]:
+    return [
+        EmbeddingBagConfig(
+            name=t.name,
+            embedding_dim=t.embedding_dim,
+            num_embeddings=t.num_buckets,
+            feature_names=list(t.features),
+            pooling=_POOLING[t.pooling],
+        )
+        for t in schema.tables
+    ]
+
+
+def first_order_configs(schema: Schema) -> list[EmbeddingBagConfig]:
+    # Zero init: every id starts with no bias of its own, as a logistic regression would.
+    return [
+        EmbeddingBagConfig(
+            name=t.name + FIRST_ORDER_SUFFIX,
+            embedding_dim=FIRST_ORDER_WIDTH,
+            num_embeddings=t.num_buckets,
+            feature_names=list(t.features),
+            pooling=_POOLING[t.pooling],
+            weight_init_min=0.0,
+            weight_init_max=0.0,
+        )
+        for t in schema.tables
+    ]
+
+
+class SparseArch(nn.Module):
+    """Embedding lookups: KJT -> pooled [B, F, D] and first-order [B, F], in schema order."""
+
+    def __init__(self, schema: Schema, first_order: bool, device: torch.device | None = None):
+        super().__init__()
+        self.feature_names = [f.name for f in schema.sparse_features]
+        self.embedding_bags = EmbeddingBagCollection(
+            tables=embedding_configs(schema), device=device
+        )
+        self.first_order_bags = (
+            EmbeddingBagCollection(tables=first_order_configs(schema), device=device)
+            if first_order
+            else None
+        )
+
+    def forward(self, features: KeyedJaggedTensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        pooled = self.embedding_bags(features).to_dict()
+        vectors = torch.stack([pooled[name] for name in self.feature_names], dim=1)
+        if self.first_order_bags is None:
+            return vectors, None
+        biases = self.first_order_bags(features).to_dict()
+        return vectors, torch.stack([biases[name].sum(dim=1) for name in self.feature_names], dim=1)
