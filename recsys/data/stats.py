@@ -1,0 +1,348 @@
+"""Per-feature statistics of a data set, read through the loader's own sources.
+
+For every feature of the schema: rows, missing rate, approximate distinct count (HyperLogLog),
+and for sparse features the expected collision rate of their table; id lists also get list
+lengths, dense features min / mean / max and the mean / std after the configured transform
+(the values to put in `data.features.<f>.mean` / `.std`).
+
+Expected collision rate: with n distinct ids hashed uniformly into the B - 1 buckets a table has
+for ids (bucket 0 is kept for missing ids), an id shares its bucket with at least one other id
+with probability 1 - (1 - 1/(B-1))^(n-1). Features that share a table share its buckets: n is
+the sum of their distinct counts (their ids are hashed with different seeds, so they are
+different keys even when the raw text is equal).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from recsys.config import (
+    DataConfig,
+    DataFormat,
+    DenseTransform,
+    FeatureKind,
+    ResolvedFeature,
+    Schema,
+)
+from recsys.data.hll import DEFAULT_PRECISION, HyperLogLog
+
+
+@dataclass(frozen=True)
+class StatsOptions:
+    """max_rows: stop after this many rows (None: read everything)."""
+
+    max_rows: int | None = None
+    batch_rows: int = 1 << 16
+    hll_precision: int = DEFAULT_PRECISION
+
+
+@dataclass
+class FeatureStats:
+    name: str
+    kind: str
+    column: str
+    rows: int = 0
+    missing: int = 0
+    distinct: float | None = None  # sparse: approximate distinct raw ids
+    table: str | None = None
+    num_buckets: int | None = None
+    collision_rate: float | None = None  # sparse: expected share of ids sharing a bucket
+    list_length: dict[str, float] | None = None  # id_list: min / mean / max ids per row
+    values: dict[str, float] | None = (
+        None  # dense: min / mean / max (raw), mean / std (transformed)
+    )
+    unparsable: int = 0  # dense values that are not numbers (text files)
+
+    @property
+    def missing_rate(self) -> float:
+        return self.missing / self.rows if self.rows else float("nan")
+
+
+@dataclass
+class DatasetStats:
+    path: str
+    rows: int = 0
+    label_rate: float | None = None  # share of positive labels
+    features: list[FeatureStats] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        for f, d in zip(self.features, out["features"], strict=True):
+            d["missing_rate"] = f.missing_rate
+        return out
+
+    def write_json(self, path: str) -> None:
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=2)
+
+
+def expected_collision_rate(distinct: float, num_buckets: int) -> float:
+    """Share of `distinct` ids that share their bucket with another id (uniform hashing)."""
+    if distinct <= 1:
+        return 0.0
+    if num_buckets <= 2:
+        return 1.0
+    return -math.expm1((distinct - 1) * math.log1p(-1.0 / (num_buckets - 1)))
+
+
+def compute_stats(
+    data: DataConfig, schema: Schema, path: str, options: StatsOptions | None = None
+) -> DatasetStats:
+    """Read the rows under `path` (as `data` describes them) and summarize every feature."""
+    options = options or StatsOptions()
+    accumulators = {f.name: _accumulator(f, options) for f in schema.features}
+    label = _LabelAccumulator(schema)
+    stats = DatasetStats(path=path)
+    for table in _read_tables(data, path, schema.columns, options):
+        stats.rows += table.num_rows
+        label.add(table.column(schema.label.column))
+        for feature in schema.features:
+            accumulators[feature.name].add(table.column(feature.column))
+    stats.label_rate = label.rate()
+    stats.features = [accumulators[f.name].result(f) for f in schema.features]
+    _fill_collisions(stats.features, schema)
+    return stats
+
+
+def _read_tables(
+    data: DataConfig, path: str, columns: list[str], options: StatsOptions
+) -> Iterator[pa.Table]:
+    """The rows through the loader's sources: Parquet row groups or text byte ranges."""
+    from recsys.data.rowcheck import BadRowLog
+    from recsys.data.source import (
+        SourceFormat,
+        plan_parquet_units,
+        read_parquet_unit,
+        resolve_files,
+    )
+    from recsys.data.text import TextUnitReader, plan_text_units
+
+    fmt = SourceFormat.from_config(data)
+    fs, folder, files = resolve_files(path)
+    left = options.max_rows if options.max_rows is not None else math.inf
+    if fmt.format is DataFormat.parquet:
+        units = plan_parquet_units(fs, folder, files, skip_unreadable=False)
+        blocks = (b for u in units for b in read_parquet_unit(fs, u, columns, options.batch_rows))
+    else:
+        bad = BadRowLog(skip=fmt.skip_bad_rows)
+        units = plan_text_units(fs, files, fmt.unit_bytes)
+        blocks = (b for u in units for b in TextUnitReader(fs, u, fmt, columns).blocks(bad))
+    for block in blocks:
+        if left <= 0:
+            return
+        block = block.slice(0, min(block.num_rows, left)) if left < block.num_rows else block
+        left -= block.num_rows
+        yield block
+
+
+def _fill_collisions(features: list[FeatureStats], schema: Schema) -> None:
+    per_table: dict[str, float] = {}
+    for f in features:
+        if f.table is not None:
+            per_table[f.table] = per_table.get(f.table, 0.0) + (f.distinct or 0.0)
+    for f in features:
+        if f.table is not None:
+            f.num_buckets = schema.table(f.table).num_buckets
+            f.collision_rate = expected_collision_rate(per_table[f.table], f.num_buckets)
+
+
+# ---------------------------------------------------------------------------- accumulators
+
+
+class _LabelAccumulator:
+    def __init__(self, schema: Schema):
+        self.threshold = schema.label.threshold
+        self.positives = 0
+        self.rows = 0
+
+    def add(self, column: pa.ChunkedArray) -> None:
+        values = _to_float(column)[0]
+        values = values[~np.isnan(values)]
+        positive = values >= self.threshold if self.threshold is not None else values == 1.0
+        self.positives += int(positive.sum())
+        self.rows += len(values)
+
+    def rate(self) -> float | None:
+        return self.positives / self.rows if self.rows else None
+
+
+class _IdAccumulator:
+    def __init__(self, options: StatsOptions):
+        self.hll = HyperLogLog(options.hll_precision)
+        self.rows = self.missing = 0
+
+    def add(self, column: pa.ChunkedArray) -> None:
+        text = _id_text(column)
+        self.rows += len(text)
+        self.missing += text.null_count
+        self.hll.add(text)
+
+    def result(self, feature: ResolvedFeature) -> FeatureStats:
+        return FeatureStats(
+            feature.name,
+            feature.kind.value,
+            feature.column,
+            rows=self.rows,
+            missing=self.missing,
+            distinct=self.hll.estimate(),
+            table=feature.table,
+        )
+
+
+class _ListAccumulator(_IdAccumulator):
+    def __init__(self, options: StatsOptions, delimiter: str | None):
+        super().__init__(options)
+        self.delimiter = delimiter
+        self.min_len, self.max_len, self.total = math.inf, 0, 0
+
+    def add(self, column: pa.ChunkedArray) -> None:
+        lists = _as_lists(column, self.delimiter)
+        lists = lists.combine_chunks() if isinstance(lists, pa.ChunkedArray) else lists
+        rows = pc.list_parent_indices(lists).to_numpy()
+        ids = _id_text(pc.list_flatten(lists))
+        present = ~np.asarray(pc.is_null(ids).to_numpy(zero_copy_only=False))
+        lengths = np.bincount(rows[present], minlength=len(lists))
+        self.rows += len(lists)
+        self.missing += int((lengths == 0).sum())
+        self.total += int(lengths.sum())
+        if len(lengths):
+            self.min_len = min(self.min_len, int(lengths.min()))
+            self.max_len = max(self.max_len, int(lengths.max()))
+        self.hll.add(ids)
+
+    def result(self, feature: ResolvedFeature) -> FeatureStats:
+        stats = super().result(feature)
+        mean = self.total / self.rows if self.rows else float("nan")
+        low = self.min_len if self.rows else float("nan")
+        stats.list_length = {"min": low, "mean": mean, "max": self.max_len}
+        return stats
+
+
+class _DenseAccumulator:
+    def __init__(self, transform: DenseTransform):
+        self.transform = transform
+        self.rows = self.missing = self.unparsable = 0
+        self.low, self.high, self.total = math.inf, -math.inf, 0.0
+        self.t_sum = self.t_sq = 0.0
+
+    def add(self, column: pa.ChunkedArray) -> None:
+        values, unparsable = _to_float(column)
+        self.rows += len(values)
+        self.unparsable += unparsable
+        present = values[np.isfinite(values)]
+        self.missing += len(values) - len(present)
+        if len(present):
+            self.low, self.high = min(self.low, present.min()), max(self.high, present.max())
+            self.total += float(present.sum())
+            t = (
+                np.log1p(np.maximum(present, 0.0))
+                if self.transform is DenseTransform.log1p
+                else present
+            )
+            self.t_sum += float(t.sum())
+            self.t_sq += float((t * t).sum())
+
+    def result(self, feature: ResolvedFeature) -> FeatureStats:
+        n = self.rows - self.missing
+        mean = self.t_sum / n if n else float("nan")
+        std = math.sqrt(max(self.t_sq / n - mean * mean, 0.0)) if n else float("nan")
+        values = {
+            "min": self.low if n else float("nan"),
+            "mean": self.total / n if n else float("nan"),
+            "max": self.high if n else float("nan"),
+            "transformed_mean": mean,
+            "transformed_std": std,
+        }
+        return FeatureStats(
+            feature.name,
+            feature.kind.value,
+            feature.column,
+            rows=self.rows,
+            missing=self.missing,
+            values=values,
+            unparsable=self.unparsable,
+        )
+
+
+def _accumulator(feature: ResolvedFeature, options: StatsOptions):
+    if feature.kind is FeatureKind.dense:
+        return _DenseAccumulator(feature.transform)
+    if feature.kind is FeatureKind.id_list:
+        return _ListAccumulator(options, feature.delimiter)
+    return _IdAccumulator(options)
+
+
+def _id_text(column: pa.Array | pa.ChunkedArray) -> pa.ChunkedArray:
+    """Ids as text with missing ones (null or "") as nulls, as the hashing treats them."""
+    if isinstance(column, pa.Array):
+        column = pa.chunked_array([column])
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    text = column if pa.types.is_string(column.type) else pc.cast(column, pa.string())
+    return pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
+
+
+def _as_lists(column: pa.ChunkedArray, delimiter: str | None) -> pa.ChunkedArray:
+    if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+        return column
+    if delimiter is None:
+        raise ValueError(
+            f"id_list column of type {column.type} is not a list; set the feature's delimiter."
+        )
+    return pc.split_pattern(column, delimiter)
+
+
+def _to_float(column: pa.ChunkedArray) -> tuple[np.ndarray, int]:
+    """float64 values, NaN where missing; text that is not a number is NaN and counted."""
+    unparsable = 0
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        numeric = pc.match_substring_regex(
+            column, r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
+        ).fill_null(True)
+        bad = pc.and_(pc.invert(numeric), pc.not_equal(column, "")).fill_null(False)
+        unparsable = int(pc.sum(bad).as_py() or 0)
+        column = pc.if_else(numeric, column, pa.scalar(None, column.type))
+        column = pc.if_else(pc.equal(column, ""), pa.scalar(None, column.type), column)
+    values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
+    return np.asarray(values, dtype=np.float64), unparsable
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def format_table(stats: DatasetStats) -> str:
+    """A fixed-width table, one line per feature."""
+    rate = "n/a" if stats.label_rate is None else f"{stats.label_rate:.4f}"
+    lines = [f"{stats.path}: {stats.rows:,} rows, label rate {rate}", ""]
+    header = f"{'feature':<16} {'kind':<8} {'missing':>8} {'distinct':>12} {'buckets':>11} {'collide':>8}  details"
+    lines += [header, "-" * len(header)]
+    for f in stats.features:
+        distinct = f"{f.distinct:,.0f}" if f.distinct is not None else ""
+        buckets = f"{f.num_buckets:,}" if f.num_buckets is not None else ""
+        collide = f"{f.collision_rate:.2%}" if f.collision_rate is not None else ""
+        lines.append(
+            f"{f.name:<16} {f.kind:<8} {f.missing_rate:>8.2%} {distinct:>12} {buckets:>11} "
+            f"{collide:>8}  {_details(f)}"
+        )
+    return "\n".join(lines)
+
+
+def _details(f: FeatureStats) -> str:
+    if f.list_length is not None:
+        n = f.list_length
+        return f"ids/row min {n['min']:g} mean {n['mean']:.2f} max {n['max']:g}"
+    if f.values is not None:
+        v = f.values
+        text = (
+            f"min {v['min']:g} mean {v['mean']:.4g} max {v['max']:g}; transformed mean "
+            f"{v['transformed_mean']:.4g} std {v['transformed_std']:.4g}"
+        )
+        return text + (f"; {f.unparsable:,} not numbers" if f.unparsable else "")
+    return f"table {f.table}" if f.table and f.table != f.name else ""
