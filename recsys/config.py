@@ -44,6 +44,22 @@ class Pooling(StrEnum):
     mean = "mean"
 
 
+class DataFormat(StrEnum):
+    """How the files under data.train_path / data.eval_path are laid out."""
+
+    parquet = "parquet"  # a file, folder (hive key=value partitions too), glob or URI
+    csv = "csv"  # comma separated; header line unless data.header=false
+    tsv = "tsv"  # tab separated; header line unless data.header=false
+    criteo = "criteo"  # Criteo display ads: tab separated, no header, label I1..I13 C1..C26
+
+
+class OnBadRow(StrEnum):
+    """What a row that cannot be used does: stop the run, or get dropped and counted."""
+
+    fail = "fail"
+    skip = "skip"
+
+
 @dataclass
 class LabelSpec:
     """How the click label is read. `threshold` set: label = value >= threshold."""
@@ -81,7 +97,10 @@ class DataConfig:
     name: str = MISSING
     train_path: str = MISSING  # file, folder, glob or pyarrow filesystem URI
     eval_path: str | None = None
-    format: str = "parquet"
+    format: DataFormat = DataFormat.parquet
+    header: bool = True  # csv/tsv: the first line of every file names the columns
+    columns: list[str] | None = None  # csv/tsv without header: the column names, in order
+    on_bad_row: OnBadRow = OnBadRow.fail  # skip: drop unusable rows, count them by reason
     label: LabelSpec = field(default_factory=LabelSpec)
     features: dict[str, FeatureSpec] = field(default_factory=dict)
     tables: dict[str, TableSpec] = field(default_factory=dict)
@@ -116,6 +135,7 @@ class TrainerConfig:
     log_every_n_steps: int = 20
     shuffle_buffer: int = 0  # rows mixed in a seeded buffer; 0 keeps file (time) order
     shuffle_files: bool = False  # reorder row groups every epoch (loses time order)
+    num_workers: int = 1  # loader processes featurizing while the main process trains
     progress_bar: bool = True
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -11,6 +11,7 @@ from torchrec.streamable import Pipelineable
 
 from recsys.config import FeatureKind, Schema
 from recsys.data.featurize import FeatureArrays
+from recsys.data.progress import BatchPosition
 from recsys.hashing import MISSING_BUCKET
 
 
@@ -25,6 +26,8 @@ class Batch(Pipelineable):
         weights: float32 [B] example weights: 1 for real rows, 0 for padding rows that keep
             ranks in lockstep when one runs out of data before the others.
         row_ids: int64 [B] each row's position in the dataset (for predictions files).
+        bad_rows: rows skipped by data.on_bad_row=skip, by reason, reported with this batch.
+        position: where the batch comes from, for `EpochProgress.record`; None for padding.
     """
 
     dense: torch.Tensor
@@ -32,13 +35,16 @@ class Batch(Pipelineable):
     labels: torch.Tensor
     weights: torch.Tensor
     row_ids: torch.Tensor
+    bad_rows: dict[str, int] = field(default_factory=dict)
+    position: BatchPosition | None = None
 
     @property
     def size(self) -> int:
         return self.labels.shape[0]
 
     def to(self, device: torch.device, non_blocking: bool = False) -> Batch:
-        return Batch(
+        return replace(
+            self,
             dense=self.dense.to(device, non_blocking=non_blocking),
             sparse=self.sparse.to(device, non_blocking=non_blocking),
             labels=self.labels.to(device, non_blocking=non_blocking),
@@ -52,7 +58,8 @@ class Batch(Pipelineable):
         self.sparse.record_stream(stream)
 
     def pin_memory(self) -> Batch:
-        return Batch(
+        return replace(
+            self,
             dense=self.dense.pin_memory(),
             sparse=self.sparse.pin_memory(),
             labels=self.labels.pin_memory(),
@@ -83,7 +90,7 @@ class Batch(Pipelineable):
         size = n if size is None else size
         if size < n:
             raise ValueError(f"batch of {n} rows does not fit size {size}")
-        names = [f.name for f in schema.sparse_features]
+        names = schema.lookup_keys  # one KJT key per lookup (several per feature: double, qr)
         pad = _padding_arrays(schema, size - n)
         labels = arrays.labels if arrays.labels is not None else np.zeros(n, np.float32)
         return Batch(
@@ -118,10 +125,11 @@ class Batch(Pipelineable):
 
 def _padding_arrays(schema: Schema, num_rows: int) -> FeatureArrays:
     ids, lengths = {}, {}
-    for f in schema.sparse_features:
-        single = f.kind is FeatureKind.id
-        ids[f.name] = np.full(num_rows if single else 0, MISSING_BUCKET, np.int64)
-        lengths[f.name] = np.full(num_rows, 1 if single else 0, np.int32)
+    kinds = {f.name: f.kind for f in schema.sparse_features}
+    for lookup in schema.lookups:
+        single = kinds[lookup.feature] is FeatureKind.id
+        ids[lookup.key] = np.full(num_rows if single else 0, MISSING_BUCKET, np.int64)
+        lengths[lookup.key] = np.full(num_rows, 1 if single else 0, np.int32)
     return FeatureArrays(
         labels=np.zeros(num_rows, np.float32),
         dense=np.zeros((num_rows, len(schema.dense_features)), np.float32),

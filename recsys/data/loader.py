@@ -1,41 +1,71 @@
-"""The streaming dataset: row groups -> shuffle buffer -> featurized `Batch`es.
+"""The streaming dataset: work units -> checked rows -> shuffle buffer -> featurized `Batch`es.
 
-Each (rank, worker) pair reads a disjoint, round-robin share of the row groups, so within an
-epoch every row is read exactly once across all processes. Optionally the row-group order is
-reshuffled every epoch (same seed on every rank, so the deal stays disjoint), and rows are
-mixed in a bounded, seeded shuffle buffer. With both off, rows come in file order: for a click
-log sorted by time, that is time order.
+Each (rank, worker) stream reads a disjoint, round-robin share of the work units (Parquet row
+groups, text byte ranges), so within an epoch every row is read exactly once across all
+processes. Optionally the unit order is reshuffled every epoch (same seed on every rank, so
+the deal stays disjoint), and rows are mixed in a bounded, seeded shuffle buffer. With both
+off, rows come in file order: for a click log sorted by time, that is time order.
+
+Bad rows are dropped and counted, or stop the run (`recsys.data.rowcheck`). The position in
+the epoch is resumable (`recsys.data.progress`): `set_epoch(epoch, resume=progress)` yields
+exactly the rows not yet recorded, on any number of ranks and workers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from recsys.config import Schema
+from recsys.config import ConfigError, DataFormat, Schema
 from recsys.data.batch import Batch
 from recsys.data.featurize import RecordOrigin, featurize
-from recsys.data.source import Shard, assign_shards, plan_shards, read_shard
+from recsys.data.progress import BatchPosition, EpochProgress
+from recsys.data.rowcheck import BadRowLog, check_rows
+from recsys.data.source import (
+    SourceFormat,
+    UnitError,
+    WorkUnit,
+    assign_units,
+    plan_parquet_units,
+    read_parquet_unit,
+    resolve_files,
+)
+from recsys.data.text import ROW_ID_STRIDE, TextUnitReader, fixed_columns, plan_text_units
+
+log = logging.getLogger(__name__)
 
 ROW_ID_COLUMN = "__row_id"
+UNIT_COLUMN = "__unit"
 
 
 @dataclass(frozen=True)
 class LoaderOptions:
     batch_size: int
     shuffle_buffer_rows: int = 0  # rows mixed at a time; 0 keeps file order
-    shuffle_files: bool = False  # reorder row groups every epoch
+    shuffle_files: bool = False  # reorder work units every epoch
     seed: int = 0
     num_workers: int = 0
+    source: SourceFormat = field(default_factory=SourceFormat)
+
+
+@dataclass(frozen=True)
+class _Done:
+    """A unit none of whose rows is left in the buffer, with its bad-row counts."""
+
+    unit: int
+    bad_rows: dict[str, int]
 
 
 class StreamingDataset(IterableDataset):
-    """Streams one rank's share of a Parquet dataset as `Batch`es; call `set_epoch` per epoch."""
+    """Streams one rank's share of a data set as `Batch`es; call `set_epoch` per epoch."""
 
     def __init__(
         self, path: str, schema: Schema, options: LoaderOptions, rank: int = 0, world_size: int = 1
@@ -43,66 +73,201 @@ class StreamingDataset(IterableDataset):
         super().__init__()
         self.path, self.schema, self.options = path, schema, options
         self.rank, self.world_size = rank, world_size
-        self.fs, self.shards = plan_shards(path)
+        source = options.source
+        self.fs, folder, files = resolve_files(path)
+        if source.format is DataFormat.parquet:
+            self.units = plan_parquet_units(self.fs, folder, files, source.skip_bad_rows)
+        else:
+            _check_text_columns(schema, source)
+            self.units = plan_text_units(self.fs, files, source.unit_bytes)
         self.epoch = 0
+        self.resume: EpochProgress | None = None
 
     @property
     def num_rows(self) -> int:
-        return sum(s.num_rows for s in self.shards)
+        """Rows in the data set; for text (rows unknown before reading) an estimate."""
+        if self.options.source.format is DataFormat.parquet:
+            return sum(u.num_rows or 0 for u in self.units)
+        return _estimate_text_rows(self.fs, self.units)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, resume: EpochProgress | None = None) -> None:
+        """Read epoch `epoch` next; with `resume`, only the rows it has not recorded."""
+        if resume is not None and resume.epoch != epoch:
+            raise ValueError(f"resume progress is for epoch {resume.epoch}, not epoch {epoch}")
+        self.epoch, self.resume = epoch, resume
 
-    def _my_shards(self) -> list[Shard]:
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        order = list(self.shards)
-        if self.options.shuffle_files:
-            np.random.default_rng([self.options.seed, self.epoch]).shuffle(order)
-        return assign_shards(order, self.rank * workers + worker, self.world_size * workers)
+    def new_progress(self) -> EpochProgress:
+        """An empty progress for the current epoch, for the trainer to `record` batches in."""
+        return EpochProgress(epoch=self.epoch)
 
     def __iter__(self) -> Iterator[Batch]:
-        rng = np.random.default_rng([self.options.seed, self.epoch, self.rank, _worker_id()])
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        stream = (worker + self._worker_offset(workers)) % workers
+        order = list(self.units)
+        if self.options.shuffle_files:
+            np.random.default_rng([self.options.seed, self.epoch]).shuffle(order)
+        mine = assign_units(order, self.rank * workers + stream, self.world_size * workers)
+        if self.resume is not None:
+            mine = [u for u in mine if u.index not in self.resume.done_units]
+        rng = np.random.default_rng([self.options.seed, self.epoch, self.rank, stream])
+        bad = BadRowLog(skip=self.options.source.skip_bad_rows)
+        template = BatchPosition(self.rank, stream, workers, self.world_size, None, None)
+        yield from self._batches(self._events(mine, bad, rng), template)
+
+    def _worker_offset(self, workers: int) -> int:
+        """Resuming on the same layout: worker 0 plays the stream whose batch came next, so
+        the DataLoader's round-robin over workers continues where the interrupted one was."""
+        if self.resume is None:
+            return 0
+        next_worker = self.resume.next_worker.get(self.rank)
+        if next_worker is None or tuple(next_worker[1:]) != (workers, self.world_size):
+            return 0
+        return next_worker[0]
+
+    # -- rows: units -> checked blocks -> buffer -> batch-sized tables ----------------------
+
+    def _events(
+        self, units: list[WorkUnit], bad: BadRowLog, rng: np.random.Generator
+    ) -> Iterator[pa.Table | _Done]:
+        size = self.options.batch_size
+        mix_rng = rng if self.options.shuffle_buffer_rows else None
         buffer: list[pa.Table] = []
         buffered = 0
-        for shard in self._my_shards():
-            next_row_id = shard.first_row_id
-            for block in read_shard(self.fs, shard, self.schema.columns, self.options.batch_size):
-                buffer.append(_with_row_ids(block, next_row_id))
-                next_row_id += block.num_rows
+        read: list[_Done] = []  # units read to the end whose rows may still be buffered
+        for unit in units:
+            for block in self._unit_rows(unit, bad):
+                buffer.append(block)
                 buffered += block.num_rows
                 if buffered >= self._buffer_limit():
-                    table = _mix(buffer, rng if self.options.shuffle_buffer_rows else None)
-                    keep = table.num_rows % self.options.batch_size
-                    yield from self._batches(table.slice(0, table.num_rows - keep))
+                    table = _mix(buffer, mix_rng)
+                    keep = table.num_rows % size
+                    yield from _slices(table.slice(0, table.num_rows - keep), size)
                     buffer, buffered = [table.slice(table.num_rows - keep)], keep
+                    yield from _left_buffer(read, buffer)
+            read.append(_Done(unit.index, bad.take()))
+            yield from _left_buffer(read, buffer)
         if buffered:
-            yield from self._batches(
-                _mix(buffer, rng if self.options.shuffle_buffer_rows else None)
-            )
+            yield from _slices(_mix(buffer, mix_rng), size)
+        yield from read
 
     def _buffer_limit(self) -> int:
         if not self.options.shuffle_buffer_rows:
             return self.options.batch_size
         return max(self.options.shuffle_buffer_rows, self.options.batch_size)
 
-    def _batches(self, table: pa.Table) -> Iterator[Batch]:
-        for start in range(0, table.num_rows, self.options.batch_size):
-            part = table.slice(start, self.options.batch_size)
-            row_ids = part.column(ROW_ID_COLUMN).to_numpy()
+    def _unit_rows(self, unit: WorkUnit, bad: BadRowLog) -> Iterator[pa.Table]:
+        """The unit's usable rows; a unit that cannot be used at all is skipped or fails."""
+        try:
+            yield from self._checked_rows(unit, bad)
+        except UnitError as e:
+            if not bad.skip:
+                raise
+            rows = 1 if e.rows is None else e.rows
+            bad.report(e.reason, rows, lambda: f"work unit {unit.index}", str(e))
+
+    def _checked_rows(self, unit: WorkUnit, bad: BadRowLog) -> Iterator[pa.Table]:
+        """Checked rows with row and unit ids; rows already trained on (resume) left out."""
+        where, blocks, first_id = self._reader(unit)
+        done = self.resume.recorded_ids(unit.index) if self.resume is not None else None
+        offset = 0
+        try:
+            for block in blocks(bad):
+                n = block.num_rows
+                ids = np.arange(first_id + offset, first_id + offset + n, dtype=np.int64)
+                block = block.append_column(ROW_ID_COLUMN, pa.array(ids))
+                block = block.append_column(UNIT_COLUMN, pa.array(np.full(n, unit.index)))
+                checked = check_rows(block, self.schema, lambda k, o=offset: where(o + k), bad)
+                offset += n
+                if done is not None and len(done):
+                    seen = pc.is_in(checked.column(ROW_ID_COLUMN), pa.array(done))
+                    checked = checked.filter(pc.invert(seen))
+                if checked.num_rows:
+                    yield checked
+        except (OSError, pa.ArrowException) as e:
+            raise UnitError(
+                f"{unit.path}: cannot be read ({e}). Fix or remove it, or set "
+                f"data.on_bad_row=skip.",
+                reason="unreadable_unit",
+            ) from e
+
+    def _reader(
+        self, unit: WorkUnit
+    ) -> tuple[Callable[[int], str], Callable[[BadRowLog], Iterator[pa.Table]], int]:
+        columns = self.schema.columns
+        if self.options.source.format is DataFormat.parquet:
+            return (
+                lambda k: f"{unit.path}, row {unit.file_row + k}",
+                lambda bad: read_parquet_unit(self.fs, unit, columns, self.options.batch_size),
+                unit.first_row_id,
+            )
+        reader = TextUnitReader(self.fs, unit, self.options.source, columns)
+        return reader.where, reader.blocks, unit.index * ROW_ID_STRIDE
+
+    # -- batches: featurize, attach the position --------------------------------------------
+
+    def _batches(
+        self, events: Iterator[pa.Table | _Done], template: BatchPosition
+    ) -> Iterator[Batch]:
+        # One batch is held back so the units finished (and rows skipped) by the time the
+        # next one is made can be reported with it: a batch carries the units its rows closed.
+        pending: pa.Table | None = None
+        done: list[int] = []
+        bad: Counter[str] = Counter()
+        for event in events:
+            if isinstance(event, _Done):
+                done.append(event.unit)
+                bad.update(event.bad_rows)
+                continue
+            if pending is not None:
+                yield self._batch(pending, template, done, bad)
+                done, bad = [], Counter()
+            pending = event
+        if pending is not None or bad:
+            yield self._batch(pending, template, done, bad)
+
+    def _batch(
+        self, table: pa.Table | None, template: BatchPosition, done: list[int], bad: Counter
+    ) -> Batch:
+        size = self.options.batch_size
+        if table is None or table.num_rows == 0:  # only skipped rows: report them all the same
+            batch = Batch.padding(self.schema, size)
+            row_ids = unit_ids = np.zeros(0, np.int64)
+        else:
+            row_ids = table.column(ROW_ID_COLUMN).to_numpy()
+            unit_ids = table.column(UNIT_COLUMN).to_numpy()
             origin = RecordOrigin(source=self.path, first_row=int(row_ids[0]))
-            arrays = featurize(part, self.schema, origin)
-            yield Batch.from_arrays(arrays, self.schema, row_ids, size=self.options.batch_size)
+            arrays = featurize(table, self.schema, origin)
+            batch = Batch.from_arrays(arrays, self.schema, row_ids, size=size)
+        batch.bad_rows = dict(bad)
+        batch.position = BatchPosition(
+            template.rank,
+            template.worker,
+            template.num_workers,
+            template.world_size,
+            row_ids,
+            unit_ids,
+            tuple(done),
+        )
+        return batch
 
 
-def _worker_id() -> int:
-    info = get_worker_info()
-    return info.id if info else 0
+def _left_buffer(read: list[_Done], buffer: list[pa.Table]) -> Iterator[_Done]:
+    """Units of `read` with no row left in `buffer` (removed from `read`)."""
+    if not read:
+        return
+    present: set[int] = set()
+    for table in buffer:
+        if table.num_rows:
+            present.update(pc.unique(table.column(UNIT_COLUMN)).to_pylist())
+    for item in [r for r in read if r.unit not in present]:
+        read.remove(item)
+        yield item
 
 
-def _with_row_ids(block: pa.RecordBatch, first_row_id: int) -> pa.Table:
-    ids = pa.array(np.arange(first_row_id, first_row_id + block.num_rows, dtype=np.int64))
-    return pa.Table.from_batches([block]).append_column(ROW_ID_COLUMN, ids)
+def _slices(table: pa.Table, size: int) -> Iterator[pa.Table]:
+    for start in range(0, table.num_rows, size):
+        yield table.slice(start, size)
 
 
 def _mix(buffer: list[pa.Table], rng: np.random.Generator | None) -> pa.Table:
@@ -110,6 +275,32 @@ def _mix(buffer: list[pa.Table], rng: np.random.Generator | None) -> pa.Table:
     if rng is None:
         return table
     return table.take(pa.array(rng.permutation(table.num_rows)))
+
+
+def _check_text_columns(schema: Schema, source: SourceFormat) -> None:
+    if source.format is not DataFormat.criteo and not source.header and not source.columns:
+        raise ConfigError(
+            f"data.format={source.format.value} with data.header=false needs data.columns: "
+            f"the column names of the files, in order."
+        )
+    names = fixed_columns(source)
+    missing = [c for c in schema.columns if names is not None and c not in names]
+    if missing:
+        key = "data.columns" if source.columns else f"the {source.format.value} layout"
+        raise ConfigError(
+            f"column(s) {missing} named by the data schema are not in {key} {list(names)}. "
+            f"Fix the features' `column` in conf/data/, or data.columns."
+        )
+
+
+def _estimate_text_rows(fs, units: list[WorkUnit]) -> int:
+    total = sum(u.end - u.start for u in units)
+    if not units or not total:
+        return 0
+    with fs.open_input_file(units[0].path) as f:
+        sample = f.read(1 << 16)
+    lines = max(sample.count(b"\n"), 1)
+    return max(1, round(total * lines / max(len(sample), 1)))
 
 
 def make_loader(dataset: StreamingDataset) -> DataLoader:
