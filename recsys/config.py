@@ -119,6 +119,16 @@ class ModelConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """When to write `<output_dir>/checkpoints/step_<N>/` (see recsys/train/checkpoint.py)."""
+
+    every_n_steps: int | None = None  # None: no mid-epoch checkpoints
+    at_epoch_end: bool = True
+    keep_last: int = 2  # older complete checkpoints are deleted after each new one
+    search_dir: str = "outputs"  # where trainer.resume=latest looks, across runs
+
+
+@dataclass
 class TrainerConfig:
     device: str = "cpu"  # cpu (gloo) | cuda (nccl)
     epochs: int = 3
@@ -137,6 +147,11 @@ class TrainerConfig:
     shuffle_files: bool = False  # reorder row groups every epoch (loses time order)
     num_workers: int = 1  # loader processes featurizing while the main process trains
     progress_bar: bool = True
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    resume: str | None = None  # latest (newest checkpoint under checkpoint.search_dir) | PATH
+    warm_start: str | None = None  # export or checkpoint folder: initial tables (+ dense part)
+    warm_start_skip_mismatched: bool = False  # true: a resized table starts fresh, not an error
+    deterministic: bool = False  # deterministic kernels, one thread: bit-identical resumes
 
 
 @dataclass
