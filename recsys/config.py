@@ -44,6 +44,13 @@ class Pooling(StrEnum):
     mean = "mean"
 
 
+class Tower(StrEnum):
+    """The side of a two-tower model (model=mf) a feature describes."""
+
+    user = "user"
+    item = "item"
+
+
 class DataFormat(StrEnum):
     """How the files under data.train_path / data.eval_path are laid out."""
 
@@ -90,6 +97,7 @@ class FeatureSpec:
     std: float = 1.0  # training data, so the dense arch sees inputs of unit scale
     delimiter: str | None = None  # id_list stored as one delimited string
     dropout: float = 0.0  # train-time chance to blank this feature in a row (see DLRMHead)
+    tower: Tower | None = None  # user | item: its side in model=mf; other models ignore it
 
 
 @dataclass
@@ -116,6 +124,10 @@ class ModelConfig:
     first_order: bool = True  # a learned bias per id (wide part), as in wide-and-deep / FM
     deep_embeddings: bool = False  # over arch also reads the embeddings (DeepFM-style)
     dropout: float = 0.2
+    # model=dcn: cross layers x_{l+1} = x0 * (W x_l + b) + x_l on concat(dense, embeddings)
+    cross_layers: int = 3
+    low_rank: int | None = None  # W = U V^T with this rank; None: full rank
+    structure: str = "stacked"  # stacked: cross -> over arch | parallel: cross || over arch
 
 
 @dataclass
@@ -221,6 +233,7 @@ class ResolvedFeature:
     dropout: float = 0.0
     mean: float = 0.0
     std: float = 1.0
+    tower: Tower | None = None
 
 
 @dataclass(frozen=True)
@@ -270,6 +283,7 @@ class Schema:
                         **f,
                         "kind": FeatureKind(f["kind"]),
                         "transform": DenseTransform(f["transform"]),
+                        "tower": Tower(f["tower"]) if f.get("tower") else None,
                     }
                 )
                 for f in d["features"]
@@ -330,6 +344,7 @@ def _resolve_feature(name: str, spec: FeatureSpec) -> ResolvedFeature:
         dropout=float(spec.dropout),
         mean=float(spec.mean),
         std=float(spec.std),
+        tower=spec.tower,
     )
 
 

@@ -1,5 +1,8 @@
 """`recsys-score EXPORT_DIR INPUT OUTPUT`: click probabilities for raw records from an export.
 
+With `--tower user|item` (two-tower exports, model=mf) it writes one side's vectors instead:
+OUTPUT gets a `vector` and a `bias` per input row, and INPUT needs only that side's columns.
+
 Imports neither torchrec nor the training code: a serving box needs torch, numpy, pyarrow.
 """
 
@@ -28,16 +31,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--batch-rows", type=int, default=65536, help="rows scored at a time (memory bound)"
     )
+    parser.add_argument(
+        "--tower",
+        choices=["user", "item"],
+        help="write this side's two-tower vectors and biases instead of scores (model=mf)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from recsys.export.scorer import Scorer  # torch import: after argument errors surface
 
     try:
-        rows = Scorer(args.export_dir).score_file(args.input, args.output, args.batch_rows)
+        scorer = Scorer(args.export_dir)
+        if args.tower:
+            rows = scorer.tower_file(args.input, args.output, args.tower, args.batch_rows)
+        else:
+            rows = scorer.score_file(args.input, args.output, args.batch_rows)
     except (ExportError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"scored {rows} rows -> {args.output}")
+    print(
+        f"{'scored' if not args.tower else args.tower + ' vectors of'} {rows} rows -> {args.output}"
+    )
     return 0
 
 

@@ -17,10 +17,11 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import torch
 
-from recsys.config import Pooling, Schema
+from recsys.config import ConfigError, Pooling, Schema, Tower
 from recsys.data.featurize import IN_MEMORY, FeatureArrays, RecordOrigin, featurize
+from recsys.export.manifest import MANIFEST_FILE as MANIFEST_NAME
 from recsys.export.manifest import ExportError, Manifest
-from recsys.model.head import DLRMHead, HeadConfig
+from recsys.model.registry import build_head, head_config_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class Scorer:
             for n, t in self.manifest.tables.items()
             if t.get("first_order")
         }
-        self.head = DLRMHead(HeadConfig.from_dict(self.manifest.dense["head_config"]))
+        self.head = build_head(_head_config(self.manifest))
         self.head.load_state_dict(
             torch.load(export_dir / self.manifest.dense["file"], weights_only=True)
         )
@@ -55,16 +56,51 @@ class Scorer:
         self, records: pa.Table | pa.RecordBatch, origin: RecordOrigin = IN_MEMORY
     ) -> np.ndarray:
         """Click probabilities (float64 [N]) for raw records, in input order."""
-        arrays = featurize(records, self.schema, origin, with_labels=False)
-        pooled = torch.stack(
-            [self._pool(arrays, f.name, self.tables) for f in self.schema.sparse_features], dim=1
-        )
+        logits = self.head(*self._inputs(records, self.schema, origin))
+        return torch.sigmoid(logits.double()).numpy()
+
+    def _inputs(
+        self, records: pa.Table | pa.RecordBatch, schema: Schema, origin: RecordOrigin
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """A head's inputs (dense, concatenated embeddings, first-order) for `schema`'s features."""
+        arrays = featurize(records, schema, origin, with_labels=False)
+        sparse = schema.sparse_features
+        embeddings = torch.cat([self._pool(arrays, f.name, self.tables) for f in sparse], dim=1)
         first_order = None
         if self.biases:
-            bags = [self._pool(arrays, f.name, self.biases) for f in self.schema.sparse_features]
-            first_order = torch.cat(bags, dim=1)
-        logits = self.head(torch.from_numpy(arrays.dense), pooled, first_order)
-        return torch.sigmoid(logits.double()).numpy()
+            first_order = torch.cat([self._pool(arrays, f.name, self.biases) for f in sparse], 1)
+        return torch.from_numpy(arrays.dense), embeddings, first_order
+
+    @torch.no_grad()
+    def tower(
+        self, records: pa.Table | pa.RecordBatch, side: Tower, origin: RecordOrigin = IN_MEMORY
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Two-tower (model=mf) vectors float32 [N, D] and biases float64 [N] of one side,
+        from records holding only that side's columns. For a user u and an item i,
+        logit = <u_vector, i_vector> + u_bias + i_bias (the item bias carries the global bias),
+        so items can be ranked for a user by <u_vector, i_vector> + i_bias.
+        """
+        side = Tower(side)
+        head = self._two_tower_head()
+        sub_schema = _tower_schema(self.schema, side)
+        vectors, biases = head.tower(side.value, *self._inputs(records, sub_schema, origin))
+        if side is Tower.item:
+            biases = biases + head.global_bias
+        return vectors.numpy(), biases.double().numpy()
+
+    def _two_tower_head(self) -> torch.nn.Module:
+        if not hasattr(self.head, "tower"):
+            raise ExportError(
+                f"this export's model is {self.manifest.dense['architecture']}; user and item "
+                f"vectors exist only for a two-tower model (train with model=mf)."
+            )
+        return self.head
+
+    def user_vectors(self, records: pa.Table | pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
+        return self.tower(records, Tower.user)
+
+    def item_vectors(self, records: pa.Table | pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
+        return self.tower(records, Tower.item)
 
     def _pool(
         self, arrays: FeatureArrays, feature: str, tables: dict[str, np.ndarray]
@@ -93,6 +129,40 @@ class Scorer:
                 rows += batch.num_rows
         log.info("scored %d rows of %s -> %s", rows, input_path, output_path)
         return rows
+
+    def tower_file(
+        self, input_path: Path, output_path: Path, side: Tower, batch_rows: int = 65536
+    ) -> int:
+        """Stream INPUT to OUTPUT Parquet with one `vector` and `bias` per row, in input order."""
+        dim = self._two_tower_head().config.embedding_dim
+        schema = pa.schema([("vector", pa.list_(pa.float32(), dim)), ("bias", pa.float64())])
+        sub_schema = _tower_schema(self.schema, Tower(side))
+        Path(output_path).parent.mkdir(parents=True, exist_ok=True)
+        rows = 0
+        with pq.ParquetWriter(output_path, schema) as writer:
+            for batch in read_records(Path(input_path), batch_rows, sub_schema):
+                vectors, biases = self.tower(batch, side, RecordOrigin(str(input_path), rows))
+                flat = pa.array(vectors.reshape(-1), pa.float32())
+                columns = {"vector": pa.FixedSizeListArray.from_arrays(flat, dim), "bias": biases}
+                writer.write_table(pa.table(columns, schema=schema))
+                rows += batch.num_rows
+        log.info("%s vectors of %d rows of %s -> %s", side, rows, input_path, output_path)
+        return rows
+
+
+def _head_config(manifest: Manifest):
+    try:
+        return head_config_from_dict(manifest.dense["architecture"], manifest.dense["head_config"])
+    except ConfigError as e:
+        raise ExportError(f"{MANIFEST_NAME}: {e}") from e
+
+
+def _tower_schema(schema: Schema, side: Tower) -> Schema:
+    """The schema restricted to one tower's features (and the tables they use)."""
+    features = tuple(f for f in schema.features if f.tower is side)
+    used = {f.table for f in features}
+    tables = tuple(t for t in schema.tables if t.name in used)
+    return Schema(label=schema.label, features=features, tables=tables)
 
 
 def read_records(path: Path, batch_rows: int, schema: Schema) -> Iterator[pa.RecordBatch]:

@@ -16,7 +16,7 @@ import torch
 from recsys import __version__
 from recsys.config import Schema
 from recsys.export.manifest import FORMAT, FORMAT_VERSION, HASH_RULE, MANIFEST_FILE, sha256_file
-from recsys.model.head import HeadConfig
+from recsys.model.registry import AnyHeadConfig
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ HEAD_PREFIX = "head."
 def write_export(
     export_dir: Path,
     schema: Schema,
-    head_config: HeadConfig,
+    head_config: AnyHeadConfig,
     state: dict[str, torch.Tensor],
     provenance: dict[str, Any] | None = None,
 ) -> Path:
@@ -38,8 +38,8 @@ def write_export(
     Args:
         export_dir: destination; replaced if it exists.
         schema: the feature schema the model was trained with.
-        head_config: shapes of the dense part.
-        state: the model's full state dict (keys as in `recsys.model.dlrm.DLRM`).
+        head_config: the head (dense part): its architecture and shapes.
+        state: the model's full state dict (keys as in `recsys.model.click.ClickModel`).
         provenance: where the model came from (MLflow run id, eval metrics), kept as is.
     """
     export_dir = Path(export_dir)
@@ -66,7 +66,7 @@ def write_export(
         "dense": {
             "file": "dense.pt",
             "sha256": sha256_file(staging / "dense.pt"),
-            "architecture": "dlrm",
+            "architecture": head_config.architecture,
             "head_config": head_config.to_dict(),
         },
     }

@@ -1,21 +1,31 @@
-"""The dense part of the click model, in plain torch (no torchrec).
+"""The dense part of the DLRM click model, in plain torch (no torchrec), and pieces every head
+shares.
 
-Everything after the embedding lookup lives here: the dense arch, the pairwise interaction,
-the over arch and the first-order (wide) term. Keeping it free of torchrec lets the serving
-scorer rebuild it from the export with nothing but torch.
+Everything after the embedding lookup lives in a head: here the dense arch, the pairwise
+interaction, the over arch and the first-order (wide) term. Keeping heads free of torchrec lets
+the serving scorer rebuild them from the export with nothing but torch.
+
+Every head takes the same inputs: dense [B, num_dense], the pooled embeddings of the sparse
+features concatenated in schema order [B, sum of their dims], and the per-feature first-order
+weights [B, num_sparse] (None when first_order is off); it returns logits [B].
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
+from recsys.config import ConfigError, ModelConfig, Schema
+
 
 @dataclass(frozen=True)
 class HeadConfig:
-    """Shapes of the dense part; saved in the export manifest to rebuild it for serving."""
+    """Shapes of the DLRM dense part; saved in the export manifest to rebuild it for serving."""
+
+    architecture: ClassVar[str] = "dlrm"
 
     num_dense: int
     num_sparse: int
@@ -35,6 +45,32 @@ class HeadConfig:
         tuples = {k: tuple(d.get(k, ())) for k in ("dense_arch", "over_arch", "feature_dropout")}
         return HeadConfig(**{**d, **tuples})
 
+    @staticmethod
+    def from_model(schema: Schema, config: ModelConfig) -> HeadConfig:
+        dims = {t.name: t.embedding_dim for t in schema.tables}
+        if any(d != config.embedding_dim for d in dims.values()):
+            raise ConfigError(
+                f"model=dlrm takes dot products between embeddings, so every table needs "
+                f"model.embedding_dim={config.embedding_dim}; got {dims}. Drop the per-table "
+                f"data.tables.<name>.embedding_dim overrides (model=dcn allows them)."
+            )
+        return HeadConfig(
+            num_dense=len(schema.dense_features),
+            num_sparse=len(schema.sparse_features),
+            embedding_dim=config.embedding_dim,
+            dense_arch=tuple(config.dense_arch),
+            over_arch=tuple(config.over_arch),
+            first_order=config.first_order,
+            dropout=config.dropout,
+            feature_dropout=tuple(f.dropout for f in schema.sparse_features),
+            deep_embeddings=config.deep_embeddings,
+        )
+
+
+def feature_dims(schema: Schema) -> tuple[int, ...]:
+    """Embedding dim of each sparse feature (its table's), in schema order."""
+    return tuple(schema.table(f.table).embedding_dim for f in schema.sparse_features)
+
 
 def mlp(sizes: list[int], dropout: float = 0.0, last_activation: bool = True) -> nn.Sequential:
     layers: list[nn.Module] = []
@@ -53,6 +89,33 @@ def pairwise_dot(vectors: torch.Tensor) -> torch.Tensor:
     gram = torch.bmm(vectors, vectors.transpose(1, 2))
     rows, cols = torch.triu_indices(n, n, offset=1, device=vectors.device)
     return gram[:, rows, cols]
+
+
+class FeatureDropout(nn.Module):
+    """In training, blank sparse feature f of each row with probability rates[f].
+
+    An id never seen in training hashes to an untrained, near-zero row. Unless the model
+    meets such rows while training, it has never learnt to predict without them: blanking
+    features at random teaches it to fall back on the others (DropoutNet, Volkovs et al.
+    2017). No rescaling: a blank means "unknown", as it will for a new id.
+    """
+
+    def __init__(self, rates: tuple[float, ...], dims: tuple[int, ...]):
+        super().__init__()
+        self.active = any(rates)
+        # Not persistent: derived from the config, so the export's state dict stays the same.
+        self.register_buffer("rates", torch.tensor(rates, dtype=torch.float32), persistent=False)
+        self.register_buffer("dims", torch.tensor(dims, dtype=torch.long), persistent=False)
+
+    def forward(
+        self, embeddings: torch.Tensor, first_order: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not self.training or not self.active:
+            return embeddings, first_order
+        shape = (embeddings.shape[0], len(self.rates))
+        keep = (torch.rand(shape, device=embeddings.device) >= self.rates).to(embeddings.dtype)
+        embeddings = embeddings * keep.repeat_interleave(self.dims, dim=1)
+        return embeddings, None if first_order is None else first_order * keep
 
 
 class DLRMHead(nn.Module):
@@ -78,15 +141,16 @@ class DLRMHead(nn.Module):
         self.dense_linear = (
             nn.Linear(config.num_dense, 1) if config.first_order and has_dense else None
         )
-        # Not persistent: derived from the config, so the export's state dict stays the same.
-        self.register_buffer("drop_p", torch.tensor(config.feature_dropout), persistent=False)
+        rates = config.feature_dropout or (0.0,) * config.num_sparse
+        self.feature_dropout = FeatureDropout(rates, (dim,) * config.num_sparse)
 
     def forward(
-        self, dense: torch.Tensor, pooled: torch.Tensor, first_order: torch.Tensor | None
+        self, dense: torch.Tensor, embeddings: torch.Tensor, first_order: torch.Tensor | None
     ) -> torch.Tensor:
-        """Logits [B] from dense [B, num_dense], pooled [B, num_sparse, D] and per-feature
+        """Logits [B] from dense [B, num_dense], embeddings [B, num_sparse * D] and
         first-order weights [B, num_sparse] (None when first_order is off)."""
-        pooled, first_order = self._drop_features(pooled, first_order)
+        embeddings, first_order = self.feature_dropout(embeddings, first_order)
+        pooled = embeddings.reshape(-1, self.config.num_sparse, self.config.embedding_dim)
         vectors, over_inputs = [pooled], []
         if self.dense_arch is not None:
             dense_vector = self.dense_arch(dense)
@@ -94,26 +158,10 @@ class DLRMHead(nn.Module):
             over_inputs.append(dense_vector)
         over_inputs.append(pairwise_dot(torch.cat(vectors, dim=1)))
         if self.config.deep_embeddings:
-            over_inputs.append(pooled.flatten(1))
+            over_inputs.append(embeddings)
         logits = self.over_arch(torch.cat(over_inputs, dim=1)).squeeze(-1)
         if first_order is not None:
             logits = logits + first_order.sum(dim=1)
         if self.dense_linear is not None:
             logits = logits + self.dense_linear(dense).squeeze(-1)
         return logits
-
-    def _drop_features(
-        self, pooled: torch.Tensor, first_order: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """In training, blank sparse feature f of each row with probability feature_dropout[f].
-
-        An id never seen in training hashes to an untrained, near-zero row. Unless the model
-        meets such rows while training, it has never learnt to predict without them: blanking
-        features at random teaches it to fall back on the others (DropoutNet, Volkovs et al.
-        2017). No rescaling: a blank means "unknown", as it will for a new id.
-        """
-        if not self.training or not any(self.config.feature_dropout):
-            return pooled, first_order
-        keep = (torch.rand(pooled.shape[:2], device=pooled.device) >= self.drop_p).to(pooled.dtype)
-        pooled = pooled * keep.unsqueeze(-1)
-        return pooled, None if first_order is None else first_order * keep

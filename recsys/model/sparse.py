@@ -49,7 +49,7 @@ def first_order_configs(schema: Schema) -> list[EmbeddingBagConfig]:
 
 
 class SparseArch(nn.Module):
-    """Embedding lookups: KJT -> pooled [B, F, D] and first-order [B, F], in schema order."""
+    """Embedding lookups: KJT -> pooled [B, sum of dims] and first-order [B, F], schema order."""
 
     def __init__(self, schema: Schema, first_order: bool, device: torch.device | None = None):
         super().__init__()
@@ -65,7 +65,8 @@ class SparseArch(nn.Module):
 
     def forward(self, features: KeyedJaggedTensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         pooled = self.embedding_bags(features).to_dict()
-        vectors = torch.stack([pooled[name] for name in self.feature_names], dim=1)
+        # Concatenated, not stacked: dims may differ per table (model=dcn allows it).
+        vectors = torch.cat([pooled[name] for name in self.feature_names], dim=1)
         if self.first_order_bags is None:
             return vectors, None
         biases = self.first_order_bags(features).to_dict()

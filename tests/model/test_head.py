@@ -30,7 +30,7 @@ def test_pairwise_dot_is_upper_triangle_of_gram() -> None:
 
 def test_first_order_adds_per_feature_biases() -> None:
     head = DLRMHead(_config()).eval()
-    dense, pooled = torch.randn(6, 2), torch.randn(6, 3, 4)
+    dense, pooled = torch.randn(6, 2), torch.randn(6, 3 * 4)
     bias = torch.randn(6, 3)
     torch.testing.assert_close(
         head(dense, pooled, bias) - head(dense, pooled, torch.zeros(6, 3)), bias.sum(1)
@@ -39,14 +39,14 @@ def test_first_order_adds_per_feature_biases() -> None:
 
 def test_feature_dropout_only_while_training() -> None:
     head = DLRMHead(_config(feature_dropout=(0.5, 0.0, 0.5)))
-    dense, pooled, bias = torch.randn(400, 2), torch.randn(400, 3, 4), torch.randn(400, 3)
+    dense, pooled, bias = torch.randn(400, 2), torch.randn(400, 3 * 4), torch.randn(400, 3)
     head.eval()
     torch.testing.assert_close(
         head(dense, pooled, bias), head(dense, pooled, bias)
     )  # deterministic
     head.train()
-    kept_pooled, kept_bias = head._drop_features(pooled, bias)
-    blank = (kept_pooled == 0).all(-1)
+    kept_pooled, kept_bias = head.feature_dropout(pooled, bias)
+    blank = (kept_pooled.view(400, 3, 4) == 0).all(-1)
     assert 0.4 < blank[:, 0].float().mean().item() < 0.6
     assert not blank[:, 1].any()  # rate 0: never blanked
     assert torch.equal(blank, kept_bias == 0)  # a blanked feature loses its bias too
@@ -54,7 +54,7 @@ def test_feature_dropout_only_while_training() -> None:
 
 def test_no_dense_features() -> None:
     head = DLRMHead(_config(num_dense=0)).eval()
-    out = head(torch.zeros(3, 0), torch.randn(3, 3, 4), None)
+    out = head(torch.zeros(3, 0), torch.randn(3, 3 * 4), None)
     assert out.shape == (3,)
 
 
