@@ -120,8 +120,7 @@ def convert_criteo(src: str, dst: str, options: ConvertOptions | None = None) ->
     """
     options = options or ConvertOptions()
     try:
-        # (fs, files), or (fs, folder, files) in the newer source module: files come last.
-        fs, *_, inputs = resolve_files(src)
+        fs, _, inputs = resolve_files(src)
     except DataError as e:
         raise DataError(f"criteo-to-parquet: SRC '{src}' matches no files ({e}).") from e
     outputs = output_paths(inputs, dst)

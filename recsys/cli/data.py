@@ -193,7 +193,12 @@ def _stats(args: argparse.Namespace) -> None:
     if path is None:
         raise ConfigError(f"data.{args.split}_path is not set; pass data.{args.split}_path=PATH.")
     schema = resolve_schema(config.data, config.model.embedding_dim)
-    stats = compute_stats(config.data, schema, path, StatsOptions(max_rows=args.max_rows))
+    stats = compute_stats(
+        config.data,
+        schema,
+        path,
+        StatsOptions(max_rows=args.max_rows, progress=sys.stderr.isatty()),
+    )
     print(format_table(stats))
     if args.json is not None:
         stats.write_json(str(args.json))

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from tqdm import tqdm
 
 from recsys.config import (
     DataConfig,
@@ -32,13 +33,17 @@ from recsys.config import (
     Schema,
 )
 from recsys.data.hll import DEFAULT_PRECISION, HyperLogLog
+from recsys.data.rowcheck import BadRowLog
+from recsys.data.source import SourceFormat, plan_parquet_units, read_parquet_unit, resolve_files
+from recsys.data.text import TextUnitReader, plan_text_units
 
 
 @dataclass(frozen=True)
 class StatsOptions:
-    """max_rows: stop after this many rows (None: read everything)."""
+    """max_rows: stop after this many rows (None: read everything); progress: a bar on stderr."""
 
     max_rows: int | None = None
+    progress: bool = False
     batch_rows: int = 1 << 16
     hll_precision: int = DEFAULT_PRECISION
 
@@ -100,11 +105,13 @@ def compute_stats(
     accumulators = {f.name: _accumulator(f, options) for f in schema.features}
     label = _LabelAccumulator(schema)
     stats = DatasetStats(path=path)
-    for table in _read_tables(data, path, schema.columns, options):
-        stats.rows += table.num_rows
-        label.add(table.column(schema.label.column))
-        for feature in schema.features:
-            accumulators[feature.name].add(table.column(feature.column))
+    with tqdm(total=options.max_rows, unit="row", disable=not options.progress) as bar:
+        for table in _read_tables(data, path, schema.columns, options):
+            stats.rows += table.num_rows
+            label.add(table.column(schema.label.column))
+            for feature in schema.features:
+                accumulators[feature.name].add(table.column(feature.column))
+            bar.update(table.num_rows)
     stats.label_rate = label.rate()
     stats.features = [accumulators[f.name].result(f) for f in schema.features]
     _fill_collisions(stats.features, schema)
@@ -115,15 +122,6 @@ def _read_tables(
     data: DataConfig, path: str, columns: list[str], options: StatsOptions
 ) -> Iterator[pa.Table]:
     """The rows through the loader's sources: Parquet row groups or text byte ranges."""
-    from recsys.data.rowcheck import BadRowLog
-    from recsys.data.source import (
-        SourceFormat,
-        plan_parquet_units,
-        read_parquet_unit,
-        resolve_files,
-    )
-    from recsys.data.text import TextUnitReader, plan_text_units
-
     fmt = SourceFormat.from_config(data)
     fs, folder, files = resolve_files(path)
     left = options.max_rows if options.max_rows is not None else math.inf
