@@ -94,22 +94,9 @@ class TextUnitReader:
                 reason="missing_column",
             )
         with self._open(header_bytes, bad) as stream:
-            reader = pacsv.open_csv(
-                stream,
-                read_options=pacsv.ReadOptions(column_names=list(names), block_size=block_bytes),
-                parse_options=pacsv.ParseOptions(
-                    delimiter=delimiter(self.fmt),
-                    newlines_in_values=False,
-                    invalid_row_handler=self._on_invalid(bad, len(names)),
-                ),
-                convert_options=pacsv.ConvertOptions(
-                    column_types={c: pa.string() for c in self.columns},
-                    include_columns=self.columns,
-                    strings_can_be_null=True,
-                ),
-            )
             try:
-                for block in reader:
+                # open_csv parses the first block already: its errors are caught here too.
+                for block in pacsv.open_csv(stream, **self._csv_options(names, bad, block_bytes)):
                     if block.num_rows:
                         yield pa.Table.from_batches([block])
             except pa.ArrowInvalid as e:
@@ -121,6 +108,21 @@ class TextUnitReader:
                     ) from e
                 bad.report(*self._invalid)  # fail mode: raises the DataError naming the line
         self._report_cut_line(bad)
+
+    def _csv_options(self, names: tuple[str, ...], bad: BadRowLog, block_bytes: int) -> dict:
+        return {
+            "read_options": pacsv.ReadOptions(column_names=list(names), block_size=block_bytes),
+            "parse_options": pacsv.ParseOptions(
+                delimiter=delimiter(self.fmt),
+                newlines_in_values=False,
+                invalid_row_handler=self._on_invalid(bad, len(names)),
+            ),
+            "convert_options": pacsv.ConvertOptions(
+                column_types={c: pa.string() for c in self.columns},
+                include_columns=self.columns,
+                strings_can_be_null=True,
+            ),
+        }
 
     def where(self, k: int) -> str:
         return f"{self.unit.path}, line {self._line_of_data_start() + k}"
