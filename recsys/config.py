@@ -44,6 +44,29 @@ class Pooling(StrEnum):
     mean = "mean"
 
 
+class TableHashing(StrEnum):
+    """How ids reach a table's rows (README, "Hashing options"; `recsys.lookups`)."""
+
+    plain = "plain"  # one hash into num_buckets rows
+    double = "double"  # a second hash (second seed) as well, into this or a second table; summed
+    qr = "qr"  # quotient-remainder: two small tables, combined by `combine` (Shi et al. 2019)
+
+
+class Combine(StrEnum):
+    """How the embeddings of one id's several lookups make one vector."""
+
+    sum = "sum"
+    product = "product"  # elementwise; hashing=qr on single-id features only
+
+
+class LookupPart(StrEnum):
+    """Which row of a physical table a lookup reads, from b = 1 + hash mod (hash_buckets - 1)."""
+
+    bucket = "bucket"  # b itself
+    quotient = "quotient"  # 1 + (b - 1) // divisor
+    remainder = "remainder"  # 1 + (b - 1) % divisor
+
+
 class Tower(StrEnum):
     """The side of a two-tower model (model=mf) a feature describes."""
 
@@ -82,6 +105,10 @@ class TableSpec:
     num_buckets: int = MISSING
     embedding_dim: int | None = None  # None: model.embedding_dim
     pooling: Pooling = Pooling.sum
+    hashing: TableHashing = TableHashing.plain  # plain | double | qr
+    combine: Combine = Combine.sum  # qr: quotient and remainder embeddings, sum or product
+    second_num_buckets: int | None = None  # double: rows of a second table; None: same table
+    qr_remainder: int | None = None  # qr: remainder table rows R; None: ceil(sqrt(num_buckets))
 
 
 @dataclass
@@ -218,7 +245,25 @@ class ResolvedTable:
     num_buckets: int
     embedding_dim: int
     pooling: Pooling
-    features: tuple[str, ...]
+    features: tuple[str, ...]  # the lookup keys that read it (feature names for plain tables)
+
+
+@dataclass(frozen=True)
+class ResolvedLookup:
+    """One read of a physical table by a feature: a KeyedJaggedTensor key and its hash rule.
+
+    A plain table gives each feature one lookup keyed by the feature's name; double hashing
+    and the quotient-remainder trick give two, whose pooled embeddings `combine` joins.
+    """
+
+    key: str
+    feature: str
+    table: str  # physical table
+    seed: int  # mmh3 seed
+    hash_buckets: int  # b = 1 + mmh3(id, seed) mod (hash_buckets - 1); 0 for missing ids
+    part: LookupPart = LookupPart.bucket
+    divisor: int = 1  # quotient / remainder: b - 1 divided by this
+    combine: Combine = Combine.sum
 
 
 @dataclass(frozen=True)
@@ -246,7 +291,35 @@ class Schema:
 
     label: LabelSpec
     features: tuple[ResolvedFeature, ...]
-    tables: tuple[ResolvedTable, ...]
+    tables: tuple[ResolvedTable, ...]  # physical tables
+    lookups: tuple[ResolvedLookup, ...] = ()  # feature order; () = one plain lookup per feature
+
+    def __post_init__(self) -> None:
+        if not self.lookups:  # a schema from before per-table hashing options: all plain
+            plain = tuple(
+                ResolvedLookup(f.name, f.name, f.table, f.seed, self.table(f.table).num_buckets)
+                for f in self.sparse_features
+            )
+            object.__setattr__(self, "lookups", plain)
+
+    def lookups_of(self, feature: str) -> tuple[ResolvedLookup, ...]:
+        return tuple(lk for lk in self.lookups if lk.feature == feature)
+
+    @property
+    def lookup_keys(self) -> list[str]:
+        """The KeyedJaggedTensor keys, in order (== sparse feature names when all plain)."""
+        return [lk.key for lk in self.lookups]
+
+    def restrict(self, feature_names: set[str]) -> Schema:
+        """The schema of some features only, with their lookups and the tables those read."""
+        lookups = tuple(lk for lk in self.lookups if lk.feature in feature_names)
+        used = {lk.table for lk in lookups}
+        return Schema(
+            label=self.label,
+            features=tuple(f for f in self.features if f.name in feature_names),
+            tables=tuple(t for t in self.tables if t.name in used),
+            lookups=lookups,
+        )
 
     @property
     def dense_features(self) -> tuple[ResolvedFeature, ...]:
@@ -257,7 +330,11 @@ class Schema:
         return tuple(f for f in self.features if f.kind is not FeatureKind.dense)
 
     def table(self, name: str) -> ResolvedTable:
-        return next(t for t in self.tables if t.name == name)
+        """A physical table by name (a qr table `t` becomes `t__q` and `t__r`)."""
+        found = [t for t in self.tables if t.name == name]
+        if not found:
+            raise KeyError(f"no physical table {name!r}; tables: {[t.name for t in self.tables]}")
+        return found[0]
 
     @property
     def columns(self) -> list[str]:
@@ -294,6 +371,12 @@ class Schema:
                 )
                 for t in d["tables"]
             ),
+            lookups=tuple(
+                ResolvedLookup(
+                    **{**lk, "part": LookupPart(lk["part"]), "combine": Combine(lk["combine"])}
+                )
+                for lk in d.get("lookups", ())
+            ),
         )
 
 
@@ -318,7 +401,11 @@ def resolve_schema(data: DataConfig, default_dim: int) -> Schema:
     tables = tuple(
         _resolve_table(name, data.tables.get(name), fs, default_dim) for name, fs in users.items()
     )
-    return Schema(label=data.label, features=features, tables=tables)
+    # Deferred: recsys.lookups builds on the types defined here.
+    from recsys.lookups import expand_tables
+
+    physical, lookups = expand_tables(tables, data.tables, features)
+    return Schema(label=data.label, features=features, tables=physical, lookups=lookups)
 
 
 def _resolve_feature(name: str, spec: FeatureSpec) -> ResolvedFeature:

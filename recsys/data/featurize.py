@@ -13,8 +13,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from recsys.config import DenseTransform, FeatureKind, ResolvedFeature, Schema
-from recsys.hashing import MISSING_BUCKET, hash_array
+from recsys.config import DenseTransform, FeatureKind, ResolvedFeature, ResolvedLookup, Schema
+from recsys.hashing import MISSING_BUCKET
+from recsys.lookups import lookup_ids
 
 
 class DataError(ValueError):
@@ -67,10 +68,10 @@ def featurize(
     ids: dict[str, np.ndarray] = {}
     lengths: dict[str, np.ndarray] = {}
     for feature in schema.sparse_features:
-        num_buckets = schema.table(feature.table).num_buckets
-        ids[feature.name], lengths[feature.name] = _sparse_column(
-            records.column(feature.column), feature, num_buckets, origin
-        )
+        column = records.column(feature.column)
+        lookups = schema.lookups_of(feature.name)
+        for key, (key_ids, key_lengths) in _sparse_column(column, feature, lookups, origin).items():
+            ids[key], lengths[key] = key_ids, key_lengths
     labels = _labels(records.column(schema.label.column), schema, origin) if with_labels else None
     return FeatureArrays(labels=labels, dense=dense, ids=ids, lengths=lengths)
 
@@ -136,25 +137,24 @@ def _dense_column(
 def _sparse_column(
     column: pa.Array | pa.ChunkedArray,
     feature: ResolvedFeature,
-    num_buckets: int,
+    lookups: tuple[ResolvedLookup, ...],
     origin: RecordOrigin,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Row ids and per-row lengths of each of the feature's lookups (KJT keys)."""
     if feature.kind is FeatureKind.id:
-        buckets = hash_array(column, feature.seed, num_buckets)
-        return buckets, np.ones(len(buckets), dtype=np.int32)
+        ids = lookup_ids(column, lookups)
+        return {key: (rows, np.ones(len(rows), dtype=np.int32)) for key, rows in ids.items()}
     column = _as_list(column, feature, origin)
     lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False)
-    values = pc.list_flatten(column)
-    buckets = (
-        hash_array(values, feature.seed, num_buckets) if len(values) else np.zeros(0, np.int64)
-    )
+    ids = lookup_ids(pc.list_flatten(column), lookups)
     # A missing entry inside a list ("a||b", a null element) is no id: drop it from the bag.
-    keep = buckets != MISSING_BUCKET
+    # Missing is row 0 in every lookup of the id alike, so one mask serves them all.
+    keep = next(iter(ids.values())) != MISSING_BUCKET
     if not keep.all():
         row_of = np.repeat(np.arange(len(lengths)), lengths)
         lengths = lengths - np.bincount(row_of[~keep], minlength=len(lengths))
-        buckets = buckets[keep]
-    return buckets, lengths.astype(np.int32)
+        ids = {key: rows[keep] for key, rows in ids.items()}
+    return {key: (rows, lengths.astype(np.int32)) for key, rows in ids.items()}
 
 
 def _as_list(

@@ -28,10 +28,40 @@ MANIFEST_FILE = "manifest.json"
 HASH_RULE = {
     "function": HASH_FUNCTION,
     "input": "UTF-8 bytes of the id's canonical text: decimal for integers, the string itself",
-    "bucket": "1 + hash(id, feature.seed) mod (table.num_buckets - 1)",
+    "bucket": "b = 1 + hash(id, lookup.seed) mod (lookup.hash_buckets - 1)",
     "missing_bucket": MISSING_BUCKET,
     "missing": "null or empty string; inside id lists, missing entries are dropped",
+    # Each feature reads its tables through the `lookups` listed in the manifest: one (plain
+    # hashing), or two (double hashing, quotient-remainder) whose pooled vectors combine.
+    "row": {
+        "bucket": "b",
+        "quotient": "1 + (b - 1) // lookup.divisor (0 if b = 0)",
+        "remainder": "1 + (b - 1) % lookup.divisor (0 if b = 0)",
+    },
+    "combine": "a feature's lookups, each pooled from its table: summed, or multiplied "
+    "elementwise (combine=product); first-order biases are always summed",
 }
+
+
+def lookup_entries(schema: Schema) -> list[dict[str, Any]]:
+    """Every lookup with all it takes to reproduce it: column, seed, sizes, table, part."""
+    columns = {f.name: f.column for f in schema.features}
+    return [
+        {
+            "key": lk.key,
+            "feature": lk.feature,
+            "column": columns[lk.feature],
+            "table": lk.table,
+            "function": HASH_FUNCTION,
+            "seed": lk.seed,
+            "hash_buckets": lk.hash_buckets,
+            "part": lk.part.value,
+            "divisor": lk.divisor,
+            "table_rows": schema.table(lk.table).num_buckets,
+            "combine": lk.combine.value,
+        }
+        for lk in schema.lookups
+    ]
 
 
 class ExportError(ValueError):

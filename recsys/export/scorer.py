@@ -17,10 +17,11 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import torch
 
-from recsys.config import ConfigError, Pooling, Schema, Tower
+from recsys.config import ConfigError, Pooling, ResolvedLookup, Schema, Tower
 from recsys.data.featurize import IN_MEMORY, FeatureArrays, RecordOrigin, featurize
 from recsys.export.manifest import MANIFEST_FILE as MANIFEST_NAME
 from recsys.export.manifest import ExportError, Manifest
+from recsys.model.combine import combine_pooled
 from recsys.model.registry import build_head, head_config_from_dict
 
 log = logging.getLogger(__name__)
@@ -105,13 +106,21 @@ class Scorer:
     def _pool(
         self, arrays: FeatureArrays, feature: str, tables: dict[str, np.ndarray]
     ) -> torch.Tensor:
-        table_name = next(f.table for f in self.schema.sparse_features if f.name == feature)
-        table = tables[table_name]
-        lengths = torch.from_numpy(arrays.lengths[feature].astype(np.int64))
-        rows = torch.from_numpy(np.asarray(table[arrays.ids[feature]], dtype=np.float32))
+        """The feature's pooled vector: its lookups (one, or two under double / qr hashing)
+        pooled from their physical tables and combined as in training."""
+        lookups = self.schema.lookups_of(feature)
+        pooled = {lk.key: self._pool_lookup(arrays, lk, tables[lk.table]) for lk in lookups}
+        first_order = tables is self.biases  # biases of several lookups are always summed
+        return combine_pooled(pooled, list(pooled), lookups[0].combine, first_order)
+
+    def _pool_lookup(
+        self, arrays: FeatureArrays, lookup: ResolvedLookup, table: np.ndarray
+    ) -> torch.Tensor:
+        lengths = torch.from_numpy(arrays.lengths[lookup.key].astype(np.int64))
+        rows = torch.from_numpy(np.asarray(table[arrays.ids[lookup.key]], dtype=np.float32))
         owner = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
         pooled = torch.zeros(len(lengths), table.shape[1]).index_add_(0, owner, rows)
-        if self.schema.table(table_name).pooling is Pooling.mean:
+        if self.schema.table(lookup.table).pooling is Pooling.mean:
             pooled = pooled / lengths.clamp(min=1).unsqueeze(1)
         return pooled
 
@@ -159,10 +168,8 @@ def _head_config(manifest: Manifest):
 
 def _tower_schema(schema: Schema, side: Tower) -> Schema:
     """The schema restricted to one tower's features (and the tables they use)."""
-    features = tuple(f for f in schema.features if f.tower is side)
-    used = {f.table for f in features}
-    tables = tuple(t for t in schema.tables if t.name in used)
-    return Schema(label=schema.label, features=features, tables=tables)
+    # restrict() keeps each feature's lookups and physical tables (double / qr hashing).
+    return schema.restrict({f.name for f in schema.features if f.tower is side})
 
 
 def read_records(path: Path, batch_rows: int, schema: Schema) -> Iterator[pa.RecordBatch]:

@@ -15,7 +15,14 @@ import torch
 
 from recsys import __version__
 from recsys.config import Schema
-from recsys.export.manifest import FORMAT, FORMAT_VERSION, HASH_RULE, MANIFEST_FILE, sha256_file
+from recsys.export.manifest import (
+    FORMAT,
+    FORMAT_VERSION,
+    HASH_RULE,
+    MANIFEST_FILE,
+    lookup_entries,
+    sha256_file,
+)
 from recsys.model.registry import AnyHeadConfig
 
 log = logging.getLogger(__name__)
@@ -59,6 +66,7 @@ def write_export(
         "recsys_version": __version__,
         "created_unix": int(time.time()),
         "hashing": HASH_RULE,
+        "lookups": lookup_entries(schema),
         "schema": schema.to_dict(),
         "schema_fingerprint": schema.fingerprint(),
         "provenance": provenance or {},

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor, PoolingType
 
-from recsys.config import Pooling, Schema
+from recsys.config import Combine, LookupPart, Pooling, Schema
+from recsys.model.combine import combine_pooled, feature_lookups
 
 # Width of each first-order (per-id bias) table. One column would do, but FBGEMM's sharded
 # kernels need a multiple of 4 columns, so the bias is the sum of 4 learned columns.
@@ -27,9 +28,27 @@ def embedding_configs(schema: Schema) -> list[EmbeddingBagConfig]:
             num_embeddings=t.num_buckets,
             feature_names=list(t.features),
             pooling=_POOLING[t.pooling],
+            **_product_factor_init(schema, t.name),
         )
         for t in schema.tables
     ]
+
+
+def _product_factor_init(schema: Schema, table: str) -> dict[str, float]:
+    """Rows near 1 for the remainder table of a qr product, TorchRec's default elsewhere.
+
+    With both factors at the default +-sqrt(1/rows) their product starts ~100x smaller than
+    a plain embedding, and so do its gradients; starting the remainder at ~1 makes the
+    product start as the quotient embedding, which the remainder then refines.
+    """
+    factor = any(
+        lk.table == table and lk.combine is Combine.product and lk.part is LookupPart.remainder
+        for lk in schema.lookups
+    )
+    if not factor:
+        return {}
+    spread = (1.0 / schema.table(table).num_buckets) ** 0.5
+    return {"weight_init_min": 1.0 - spread, "weight_init_max": 1.0 + spread}
 
 
 def first_order_configs(schema: Schema) -> list[EmbeddingBagConfig]:
@@ -54,6 +73,8 @@ class SparseArch(nn.Module):
     def __init__(self, schema: Schema, first_order: bool, device: torch.device | None = None):
         super().__init__()
         self.feature_names = [f.name for f in schema.sparse_features]
+        # Per feature: its lookup keys (one unless double / qr hashing) and how they combine.
+        self.lookups = feature_lookups(schema)
         self.embedding_bags = EmbeddingBagCollection(
             tables=embedding_configs(schema), device=device
         )
@@ -66,8 +87,9 @@ class SparseArch(nn.Module):
     def forward(self, features: KeyedJaggedTensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         pooled = self.embedding_bags(features).to_dict()
         # Concatenated, not stacked: dims may differ per table (model=dcn allows it).
-        vectors = torch.cat([pooled[name] for name in self.feature_names], dim=1)
+        vectors = torch.cat([combine_pooled(pooled, k, c) for k, c in self.lookups], dim=1)
         if self.first_order_bags is None:
             return vectors, None
         biases = self.first_order_bags(features).to_dict()
-        return vectors, torch.stack([biases[name].sum(dim=1) for name in self.feature_names], dim=1)
+        per_feature = [combine_pooled(biases, k, c, first_order=True) for k, c in self.lookups]
+        return vectors, torch.stack([b.sum(dim=1) for b in per_feature], dim=1)
