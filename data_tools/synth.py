@@ -10,11 +10,14 @@ How it scales:
   law P(k) ~ k^-s by inverse CDF (exact for the first `HEAD_RANKS` ranks, the midpoint
   integral of x^-s beyond, whose relative error there is below 1e-8), so n can be 10^9+.
   Rank k becomes an id through a bijective integer mixer, and every per-id weight of the
-  planted model is a hash of (seed, column, rank): nothing is stored per id.
+  planted model is a hash of (model_seed, column, rank): nothing is stored per id.
 * Rows: randomness is drawn in blocks of `BLOCK_ROWS` rows from a generator seeded by
   (seed, block index). The bytes therefore depend only on the options that change the data
-  (seed, rows, distinct, zipf, missing rate), never on row-group sizes or file counts, and
-  memory is one block plus one row group whatever the number of rows.
+  (seed, model_seed, rows, distinct, zipf, missing rate), never on row-group sizes or file
+  counts, and memory is one block plus one row group whatever the number of rows.
+* Splits: `seed` draws the rows, `model_seed` fixes the world they come from (which id each
+  rank is, every id's effect, the dense distributions). Train and eval logs of one world share
+  `model_seed` and differ in `seed`, so a model trained on one can be judged on the other.
 
 The planted model: logit = bias + per-id effects of C1..C8 + a rank-4 interaction between
 C9 and C10 (dot product of hashed per-id factors) + weighted, standardized log1p(I1..I4).
@@ -81,7 +84,9 @@ class SynthOptions:
     Attributes:
         out: output folder; files are `part-00000.parquet` (or `.tsv`, `.tsv.gz`), ...
         rows: total rows over all files.
-        seed: everything random derives from it (same options -> same bytes).
+        seed: draws the rows (same options -> same bytes).
+        model_seed: the planted world: ids, per-id effects, dense distributions. Keep it
+            for the eval split of a training log and change `seed`.
         layout: column layout (only `criteo` for now).
         format: parquet (with `p_true`) or tsv (raw Criteo).
         distinct: distinct ids per categorical column: one value for all 26, or 26 values.
@@ -96,6 +101,7 @@ class SynthOptions:
     out: str
     rows: int
     seed: int = 0
+    model_seed: int = 0
     layout: Layout = Layout.criteo
     format: OutputFormat = OutputFormat.parquet
     distinct: tuple[int, ...] = (1_000_000,)
@@ -273,7 +279,7 @@ class PlantedModel:
             BoundedZipf(options.distinct_of(c), options.zipf)
             for c in range(len(CATEGORICAL_COLUMNS))
         ]
-        params = np.random.default_rng([options.seed, 0xC0FFEE])  # small, fixed per seed
+        params = np.random.default_rng([options.model_seed, 0xC0FFEE])  # a few numbers
         self.dense_mu = params.uniform(0.0, 3.0, len(DENSE_COLUMNS))
         self.dense_sigma = params.uniform(0.5, 1.5, len(DENSE_COLUMNS))
 
@@ -295,7 +301,7 @@ class PlantedModel:
         for c, name in enumerate(CATEGORICAL_COLUMNS):
             r = self.zipf[c].sample(rng.random(n))
             valid = rng.random(n) >= opts.missing_rate
-            columns[name] = _hex_ids(r, _key(opts.seed, c, 1), self.zipf[c].n, valid)
+            columns[name] = _hex_ids(r, _key(opts.model_seed, c, 1), self.zipf[c].n, valid)
             ranks.append(np.where(valid, r, 0))  # rank 0 = missing: no effect below
         logit += self._id_effects(ranks)
         p_true = 1.0 / (1.0 + np.exp(-logit))
@@ -305,7 +311,7 @@ class PlantedModel:
         return pa.Table.from_arrays([*arrays, _numeric(p_true, pa.float64())], schema=schema)
 
     def _id_effects(self, ranks: list[np.ndarray]) -> np.ndarray:
-        seed = self.options.seed
+        seed = self.options.model_seed
         out = np.zeros(len(ranks[0]))
         for c in range(EFFECT_COLUMNS):
             out += np.where(

@@ -65,7 +65,13 @@ def _add_synth(commands: argparse._SubParsersAction) -> None:
     )
     synth.add_argument("--out", required=True, help="output folder (part-00000.parquet, ...)")
     synth.add_argument("--rows", type=_count, required=True, help="rows in all (e.g. 1e6)")
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--seed", type=int, default=0, help="draws the rows (default 0)")
+    synth.add_argument(
+        "--model-seed",
+        type=int,
+        default=0,
+        help="the planted world (ids, effects); keep it and change --seed for an eval split",
+    )
     synth.add_argument("--format", choices=["parquet", "tsv"], default="parquet")
     synth.add_argument(
         "--distinct",
@@ -149,6 +155,7 @@ def _synth(args: argparse.Namespace) -> None:
         out=args.out,
         rows=args.rows,
         seed=args.seed,
+        model_seed=args.model_seed,
         format=OutputFormat(args.format),
         distinct=args.distinct,
         zipf=args.zipf,

@@ -80,6 +80,31 @@ def test_same_seed_same_bytes_whatever_the_layout(tmp_path: Path, log) -> None:
     assert not _read(other).column("C1").equals(table.column("C1"))
 
 
+def _mean_p_by_id(table: pa.Table, column: str, min_rows: int) -> dict[str, float]:
+    grouped = table.group_by(column).aggregate([(P_TRUE, "mean"), (P_TRUE, "count")])
+    rows = grouped.to_pylist()
+    return {
+        r[column]: r[f"{P_TRUE}_mean"]
+        for r in rows
+        if r[column] is not None and r[f"{P_TRUE}_count"] >= min_rows
+    }
+
+
+def test_eval_split_shares_the_planted_world(tmp_path: Path, log) -> None:
+    _, train = log  # seed 7, model_seed 0
+    same = write_synthetic(
+        SynthOptions(out=str(tmp_path / "e"), rows=20_000, seed=8, distinct=(5_000,))
+    )
+    other = write_synthetic(
+        SynthOptions(out=str(tmp_path / "o"), rows=20_000, seed=8, model_seed=1, distinct=(5_000,))
+    )
+    a, b = _mean_p_by_id(train, "C1", 300), _mean_p_by_id(_read(same), "C1", 100)
+    shared = sorted(set(a) & set(b))
+    assert len(shared) >= 5
+    assert np.corrcoef([a[i] for i in shared], [b[i] for i in shared])[0, 1] > 0.8
+    assert not set(a) & set(_mean_p_by_id(_read(other), "C1", 100))  # another world's ids
+
+
 def test_layout_types_and_missing_rate(log) -> None:
     _, table = log
     assert table.column_names == [*COLUMNS, P_TRUE]
