@@ -147,7 +147,8 @@ def _fill_collisions(features: list[FeatureStats], schema: Schema) -> None:
             per_table[f.table] = per_table.get(f.table, 0.0) + (f.distinct or 0.0)
     for f in features:
         if f.table is not None:
-            f.num_buckets = schema.table(f.table).num_buckets
+            # The hash space of the feature's first lookup: a qr table's virtual N buckets.
+            f.num_buckets = schema.lookups_of(f.name)[0].hash_buckets
             f.collision_rate = expected_collision_rate(per_table[f.table], f.num_buckets)
 
 
