@@ -225,3 +225,19 @@ def test_manifest_pins_every_lookup(trained) -> None:
         assert tables[name]["num_buckets"] == rows
         assert np.load(result.export_dir / tables[name]["file"]).shape == (rows, 16)
     assert "user_id" not in tables  # a qr table exists only as its two factors
+
+
+@pytest.mark.parametrize("model", ["dlrm", "dcn"])
+def test_every_head_takes_qr_and_double_hashed_features(model: str) -> None:
+    from recsys.config import ModelConfig
+    from recsys.model.click import build_model
+
+    schema = _schema(
+        TableSpec(num_buckets=101, hashing=TableHashing.qr, combine=Combine.product),
+        TableSpec(num_buckets=50, hashing=TableHashing.double),
+    )
+    records = pa.table({"y": [1, 0], "user": ["x", "y"], "tags": ["a", "b|c"]})
+    batch = Batch.from_arrays(featurize(records, schema), schema, np.arange(2))
+    net = build_model(schema, ModelConfig(name=model, embedding_dim=8))
+    logits = net(batch.dense, batch.sparse)
+    assert logits.shape == (2,) and torch.isfinite(logits).all()

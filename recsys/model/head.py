@@ -68,8 +68,12 @@ class HeadConfig:
 
 
 def feature_dims(schema: Schema) -> tuple[int, ...]:
-    """Embedding dim of each sparse feature (its table's), in schema order."""
-    return tuple(schema.table(f.table).embedding_dim for f in schema.sparse_features)
+    """Embedding dim of each sparse feature (its tables'), in schema order."""
+    # Through the feature's first lookup: a qr table exists only as `<t>__q` and `<t>__r`.
+    return tuple(
+        schema.table(schema.lookups_of(f.name)[0].table).embedding_dim
+        for f in schema.sparse_features
+    )
 
 
 def mlp(sizes: list[int], dropout: float = 0.0, last_activation: bool = True) -> nn.Sequential:
