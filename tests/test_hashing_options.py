@@ -241,3 +241,19 @@ def test_every_head_takes_qr_and_double_hashed_features(model: str) -> None:
     net = build_model(schema, ModelConfig(name=model, embedding_dim=8))
     logits = net(batch.dense, batch.sparse)
     assert logits.shape == (2,) and torch.isfinite(logits).all()
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_processes_shard_the_physical_tables_and_export_them(tiny_log, tmp_path: Path) -> None:
+    """qr and double-hashed tables sharded table-wise over 2 gloo ranks; export from shards."""
+    from tests.test_distributed_train import _make_train
+
+    overrides = tiny_log.overrides + OPTIONS + ["tracking=none", "sharding=table_wise"]
+    proc = _make_train(2, tmp_path / "two", overrides)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    plan = (tmp_path / "two" / "sharding_plan.txt").read_text()
+    assert "user_id__q" in plan and "item_id__h2" in plan and "rank:1/cpu" in plan, plan
+    predictions = pq.read_table(tmp_path / "two" / "eval_predictions.parquet")["prob"]
+    scores = Scorer(tmp_path / "two" / "export").score(pq.read_table(tiny_log.eval))
+    np.testing.assert_allclose(scores, predictions.to_numpy(), rtol=0, atol=1e-5)
