@@ -11,12 +11,14 @@ FIND_LINKS := $(shell $(PYTHON) -m pip config list 2>/dev/null | sed -n "s/^glob
 # One run folder for all torchrun processes (each would stamp its own time otherwise).
 RUN_DIR ?= outputs/$(shell date +%Y-%m-%d/%H-%M-%S)
 MOVIELENS := data/movielens/train.parquet
+SYNTH_ROWS ?= 1000000
+SYNTH_EVAL_ROWS ?= 200000
 # Fetch MovieLens unless ARGS picks another data set or points at other files.
 OTHER_DATA := $(findstring data.train_path=,$(ARGS))$(if $(findstring data=,$(ARGS)),$(if $(findstring data=movielens,$(ARGS)),,other))
 NEEDS_MOVIELENS := $(if $(OTHER_DATA),,yes)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data train sweep test test-full lint fmt ui clean
+.PHONY: help setup data data-synth train sweep test test-full lint fmt ui clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -33,6 +35,10 @@ $(VENV)/.installed: pyproject.toml
 
 data: setup ## fetch MovieLens-100K and build the click log under data/movielens
 	$(BIN)/recsys-data movielens
+
+data-synth: setup ## synthetic Criteo-layout TSV in data/criteo/{train,eval} for data=criteo (SYNTH_ROWS=1000000)
+	$(BIN)/recsys-data synth --format tsv --rows $(SYNTH_ROWS) --out data/criteo/train
+	$(BIN)/recsys-data synth --format tsv --rows $(SYNTH_EVAL_ROWS) --seed 1 --out data/criteo/eval
 
 $(MOVIELENS): | setup
 	$(BIN)/recsys-data movielens
