@@ -132,6 +132,8 @@ class DataConfig:
     name: str = MISSING
     train_path: str = MISSING  # file, folder, glob or pyarrow filesystem URI
     eval_path: str | None = None
+    # Mid-run evaluations and early stopping use it when set; the final one uses eval_path.
+    valid_path: str | None = None
     format: DataFormat = DataFormat.parquet
     header: bool = True  # csv/tsv: the first line of every file names the columns
     columns: list[str] | None = None  # csv/tsv without header: the column names, in order
@@ -168,14 +170,44 @@ class CheckpointConfig:
 
 
 @dataclass
+class LRScheduleConfig:
+    """Learning-rate factor over steps: linear warmup, then decay down to min_lr_ratio.
+
+    Applied to the dense optimizer and to the fused sparse ones (TorchRec hands the lr of
+    their param groups to FBGEMM at every step).
+    """
+
+    warmup_steps: int = 0
+    decay: str = "none"  # none | linear | cosine | step
+    decay_steps: int | None = None  # None: the run's estimated total steps minus warmup
+    min_lr_ratio: float = 0.0  # floor of the factor (linear, cosine, step)
+    step_every: int = 1000  # decay=step: multiply by step_gamma every this many steps
+    step_gamma: float = 0.1
+
+
+@dataclass
+class EarlyStoppingConfig:
+    """Stop when the validation metric has not improved for `patience` evaluations."""
+
+    enabled: bool = False
+    metric: str = "auc"  # auc (higher is better) | log_loss | ne (lower is better)
+    patience: int = 3  # evaluations without improvement before stopping
+    min_delta: float = 0.0  # an improvement smaller than this does not count
+
+
+@dataclass
 class TrainerConfig:
     device: str = "cpu"  # cpu (gloo) | cuda (nccl)
     epochs: int = 3
     max_steps: int | None = None  # stop after this many steps, whatever the epoch count
     batch_size: int = 512
     eval_batch_size: int = 4096
-    lr: float = 1e-3  # dense optimizer (Adam)
+    optimizer: str = "adamw"  # dense optimizer: adamw | adam | sgd | adagrad
+    lr: float = 1e-3  # dense optimizer
     weight_decay: float = 0.0  # dense optimizer
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam, adamw
+    momentum: float = 0.0  # sgd
+    lr_schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
     sparse_optimizer: str = "rowwise_adagrad"  # rowwise_adagrad | adagrad | adam | sgd
     sparse_lr: float = 0.01
     first_order_lr: float | None = None  # per-id bias tables; None: sparse_lr
@@ -186,6 +218,11 @@ class TrainerConfig:
     shuffle_files: bool = False  # reorder row groups every epoch (loses time order)
     num_workers: int = 1  # loader processes featurizing while the main process trains
     progress_bar: bool = True
+    # TorchRec's TrainPipelineSparseDist: the input dist of batch i+1 overlaps batch i's compute
+    pipeline: bool = True
+    pin_memory: bool = False  # page-locked host batches, so copies to the GPU do not block
+    eval_every_n_steps: int | None = None  # None: evaluate at epoch ends only
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     resume: str | None = None  # latest (newest checkpoint under checkpoint.search_dir) | PATH
     warm_start: str | None = None  # export or checkpoint folder: initial tables (+ dense part)

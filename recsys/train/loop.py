@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,6 +20,8 @@ from recsys.data.batch import Batch
 from recsys.data.loader import StreamingDataset, make_loader
 from recsys.distributed.env import DistEnv, lockstep
 from recsys.metrics import BinaryMetrics, MetricAccumulator
+from recsys.train.optim import LRScheduler
+from recsys.train.steppers import Stepper, TakenBatches, make_stepper
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +30,22 @@ MetricsSink = Callable[[dict[str, float], int], None]
 
 @dataclass
 class TrainState:
+    """Where training stands; what `after_step` hooks see after every completed step.
+
+    `progress` holds exactly the batches trained so far this epoch (never the ones a train
+    pipeline has prefetched), so a checkpoint taken in a hook resumes at the right row.
+    A hook may set `stop_reason` to end training after this step (early stopping does), and
+    must wrap any forward pass of its own in `with state.paused():` (a train pipeline has
+    rewritten the sharded modules' forwards for its own batches until then).
+    """
+
     step: int = 0
     epoch: int = 0
     samples: int = 0
     train_seconds: float = 0.0
+    progress: Any = None  # recsys.data.progress.EpochProgress, when the loader provides it
+    stop_reason: str | None = None
+    paused: Callable[[], AbstractContextManager] = field(default=nullcontext, repr=False)
 
     @property
     def samples_per_second(self) -> float:
@@ -37,14 +53,24 @@ class TrainState:
 
 
 class _Window:
-    """Loss and sample sums since the last log step, kept on the device: adding to them
-    never waits for the device; reading them (on log steps only) does."""
+    """Sums since the last log step. The loss sum stays on the device: adding to it never
+    waits for the device; reading it (on log steps only) does."""
 
     def __init__(self, device: torch.device):
         self.loss_sum = torch.zeros((), device=device)
-        self.weight_sum = torch.zeros((), device=device)
+        self.weight_sum = 0.0
         self.samples = 0
         self.started = time.perf_counter()
+        self.logits: list[torch.Tensor] = []
+        self.batches: list[Batch] = []
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, batch: Batch) -> None:
+        weight = float(batch.weights.sum())  # host tensor: no device sync
+        self.loss_sum += loss.detach() * weight
+        self.weight_sum += weight
+        self.samples += batch.num_real_rows
+        self.logits.append(logits.detach())
+        self.batches.append(batch)
 
 
 def train_epoch(
@@ -56,62 +82,137 @@ def train_epoch(
     env: DistEnv,
     state: TrainState,
     sink: MetricsSink,
+    after_step: Callable[[TrainState], None] | None = None,
+    scheduler: LRScheduler | None = None,
+    resume: Any = None,
 ) -> bool:
-    """Train one epoch; returns False once trainer.max_steps is reached."""
+    """Train one epoch; returns False once training should end (max_steps or a hook's stop).
+
+    `resume` (an EpochProgress of this epoch) trains only the rows it has not recorded.
+    """
     model.train()
+    _start_epoch(dataset, state, resume)
+    padding = Batch.padding(schema, trainer.batch_size)
+    taken = TakenBatches(lockstep(make_loader(dataset), padding, env), _pins(trainer, env))
+    stepper = make_stepper(model, optimizer, env.device, trainer.pipeline)
+    state.paused = stepper.paused
+    bar = _progress_bar(dataset, trainer, env, state)
+    window, started, hook_seconds = _Window(env.device), time.perf_counter(), 0.0
+    try:
+        while not _reached_max_steps(state, trainer) and state.stop_reason is None:
+            if scheduler is not None:
+                scheduler.apply(state.step)  # before the step: the fused kernels read it
+            if not _train_step(stepper, taken, window, state):
+                break
+            bar.update(1)
+            if state.step % trainer.log_every_n_steps == 0:
+                _log_window(window, env, state, sink, bar, scheduler)
+                window = _Window(env.device)
+            hook_seconds += _run_hook(after_step, state, window)
+    finally:
+        stepper.close()
+        state.paused = nullcontext
+        bar.close()
+    state.train_seconds += time.perf_counter() - started - hook_seconds
+    state.samples += int(_global_sum(torch.tensor(float(taken.real_rows)), env).item())
+    return not _reached_max_steps(state, trainer) and state.stop_reason is None
+
+
+def _start_epoch(dataset: StreamingDataset, state: TrainState, resume: Any) -> None:
+    if resume is not None:
+        dataset.set_epoch(state.epoch, resume=resume)
+        state.progress = resume
+        return
     dataset.set_epoch(state.epoch)
-    batches = lockstep(make_loader(dataset), Batch.padding(schema, trainer.batch_size), env)
+    # The loader's EpochProgress (recsys/data/progress.py) records what each step trained.
+    new_progress = getattr(dataset, "new_progress", None)
+    state.progress = new_progress() if new_progress is not None else None
+
+
+def _train_step(stepper: Stepper, taken: TakenBatches, window: _Window, state: TrainState) -> bool:
+    """One optimizer step; False when the data is exhausted on every rank."""
+    try:
+        loss, logits, _ = stepper.step(taken)
+    except StopIteration:
+        return False
+    batch = taken.completed()  # the batch this step trained (a pipeline holds later ones)
+    state.step += 1
+    if state.progress is not None:
+        state.progress.record(batch)
+    window.add(loss, logits, batch)
+    return True
+
+
+def _run_hook(
+    after_step: Callable[[TrainState], None] | None, state: TrainState, window: _Window
+) -> float:
+    """Call the hook; its time (an evaluation, a checkpoint) is not training time."""
+    if after_step is None:
+        return 0.0
+    started = time.perf_counter()
+    after_step(state)
+    spent = time.perf_counter() - started
+    window.started += spent
+    return spent
+
+
+def _reached_max_steps(state: TrainState, trainer: TrainerConfig) -> bool:
+    return trainer.max_steps is not None and state.step >= trainer.max_steps
+
+
+def _pins(trainer: TrainerConfig, env: DistEnv) -> bool:
+    return trainer.pin_memory and env.device.type == "cuda"
+
+
+def _progress_bar(
+    dataset: StreamingDataset, trainer: TrainerConfig, env: DistEnv, state: TrainState
+) -> tqdm:
     total = -(-dataset.num_rows // (trainer.batch_size * env.world_size))  # ceil: an estimate
-    bar = tqdm(
+    return tqdm(
         total=total,
         desc=f"epoch {state.epoch}",
         disable=not (env.is_main and trainer.progress_bar),
         leave=False,
     )
-    window, started, real_rows = _Window(env.device), time.perf_counter(), 0
-    for batch in batches:
-        rows = batch.num_real_rows  # padding keeps ranks in step and trains nothing
-        real_rows += rows
-        batch = batch.to(env.device, non_blocking=True)
-        loss, _ = model(batch)
-        optimizer.zero_grad()
-        loss.backward()  # the fused sparse optimizer updates embedding rows inside backward
-        optimizer.step()
-        state.step += 1
-        weight = batch.weights.sum().detach()
-        window.loss_sum += loss.detach() * weight
-        window.weight_sum += weight
-        window.samples += rows
-        bar.update(1)
-        if state.step % trainer.log_every_n_steps == 0:
-            _log_window(window, env, state, sink, bar)
-            window = _Window(env.device)
-        if trainer.max_steps is not None and state.step >= trainer.max_steps:
-            break
-    bar.close()
-    state.train_seconds += time.perf_counter() - started
-    state.samples += int(_global_sum(torch.tensor(float(real_rows)), env).item())
-    return trainer.max_steps is None or state.step < trainer.max_steps
 
 
 def _log_window(
-    window: _Window, env: DistEnv, state: TrainState, sink: MetricsSink, bar: tqdm
+    window: _Window,
+    env: DistEnv,
+    state: TrainState,
+    sink: MetricsSink,
+    bar: tqdm,
+    scheduler: LRScheduler | None,
 ) -> None:
-    # .item() is a host sync point: done only here, on log steps.
+    # .item() and the metric gather are host sync points: done only here, on log steps.
+    device = window.loss_sum.device
     sums = _global_sum(
         torch.stack(
             [
                 window.loss_sum,
-                window.weight_sum,
-                torch.tensor(float(window.samples), device=window.loss_sum.device),
+                torch.tensor(window.weight_sum, device=device),
+                torch.tensor(float(window.samples), device=device),
             ]
         ),
         env,
     )
     loss = (sums[0] / sums[1].clamp(min=1.0)).item()
     rate = sums[2].item() / max(time.perf_counter() - window.started, 1e-9)
-    sink({"train/loss": loss, "train/samples_per_s": rate, "epoch": float(state.epoch)}, state.step)
+    metrics = {"train/loss": loss, "train/samples_per_s": rate, "epoch": float(state.epoch)}
+    metrics |= _window_metrics(window).as_dict(prefix="train/")
+    metrics.pop("train/num_examples")
+    if scheduler is not None:
+        metrics |= scheduler.lrs()
+    sink(metrics, state.step)
     bar.set_postfix(loss=f"{loss:.4f}", rate=f"{rate:,.0f}/s")
+
+
+def _window_metrics(window: _Window) -> BinaryMetrics:
+    """AUC, NE, calibration, CTR over the window's rows of every rank (a collective)."""
+    accumulator = MetricAccumulator()
+    for logits, batch in zip(window.logits, window.batches, strict=True):
+        accumulator.update(batch.labels, torch.sigmoid(logits.float()), batch.weights)
+    return accumulator.compute()
 
 
 def _global_sum(values: torch.Tensor, env: DistEnv) -> torch.Tensor:
@@ -168,3 +269,6 @@ def _gather_predictions(
     ps = np.concatenate([p[1] for p in parts])
     order = np.argsort(ids, kind="stable")
     return ids[order], ps[order]
+
+
+__all__ = ["Evaluation", "TrainState", "evaluate", "train_epoch"]
