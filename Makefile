@@ -29,7 +29,9 @@ setup: $(VENV)/.installed ## create .venv with the pinned stack (idempotent)
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check uv
-	$(BIN)/uv pip install --python $(BIN)/python -e '.[dev]' $(if $(FIND_LINKS),--find-links $(FIND_LINKS))
+	# --compile-bytecode: with PYTHONDONTWRITEBYTECODE set (as here), every process would
+	# otherwise compile torch from source on import (~10 s per torchrun rank or loader worker).
+	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode -e '.[dev]' $(if $(FIND_LINKS),--find-links $(FIND_LINKS))
 	$(BIN)/python -c "import torch, fbgemm_gpu, torchrec, mlflow; print('stack ok: torch', torch.__version__, 'torchrec', torchrec.__version__)"
 	touch $@
 
