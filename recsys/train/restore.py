@@ -1,0 +1,123 @@
+"""How a run starts and keeps its place: determinism, resume or warm start, periodic saving.
+
+The recipe calls `configure_determinism` first, `restore` after the model and optimizers are
+built (sharded), and `checkpointer` to get the object the training loop reports steps and
+epoch ends to. The pieces themselves live in `recsys.train.checkpoint` and
+`recsys.train.warm_start`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from recsys.config import ConfigError, Schema, TrainConfig, TrainerConfig
+from recsys.data.progress import EpochProgress
+from recsys.distributed.env import DistEnv, broadcast_object
+from recsys.train.checkpoint import (
+    Checkpointer,
+    ResumePoint,
+    load_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from recsys.train.warm_start import WarmStartReport, warm_start
+
+log = logging.getLogger(__name__)
+
+
+def configure_determinism(trainer: TrainerConfig) -> None:
+    """`trainer.deterministic=true`: kernels that give the same bits on every run.
+
+    On CPU the kernels recsys uses are deterministic for a fixed thread count, so a resumed
+    run must use the same OMP_NUM_THREADS as the interrupted one; on CUDA cuBLAS needs a fixed
+    workspace and cuDNN must not autotune.
+    """
+    if not trainer.deterministic:
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+
+
+def restore(
+    cfg: TrainConfig, model: nn.Module, optimizer: Any, schema: Schema, env: DistEnv
+) -> tuple[ResumePoint | None, WarmStartReport | None]:
+    """Resume (`trainer.resume`) or warm start (`trainer.warm_start`), or neither."""
+    trainer = cfg.trainer
+    if trainer.resume and trainer.warm_start:
+        raise ConfigError(
+            "trainer.resume and trainer.warm_start are both set: resume continues a run "
+            "(optimizer state, step, data position); warm start begins a new one from its "
+            "weights. Set one of them."
+        )
+    if trainer.resume:
+        # Rank 0 picks the folder, so all ranks load the same one even as new ones appear.
+        path = broadcast_object(
+            str(resolve_checkpoint(trainer.resume, Path(trainer.checkpoint.search_dir))), env
+        )
+        return load_checkpoint(Path(path), model, optimizer, schema, env, trainer.seed), None
+    if trainer.warm_start:
+        return None, warm_start(
+            trainer.warm_start, model, schema, env, trainer.warm_start_skip_mismatched
+        )
+    return None, None
+
+
+def resume_progress(point: ResumePoint | None) -> EpochProgress | None:
+    """The loader position a resumed epoch starts from (None: from its first row)."""
+    if point is None or point.progress is None:
+        return None
+    return EpochProgress.from_state_dict(point.progress)
+
+
+def checkpointer(
+    cfg: TrainConfig,
+    model: nn.Module,
+    optimizer: Any,
+    schema: Schema,
+    env: DistEnv,
+    output_dir: Path,
+) -> Checkpointer:
+    """Saves as `trainer.checkpoint` says into `<output_dir>/checkpoints/`."""
+    options = cfg.trainer.checkpoint
+    save = partial(_save, model=model, optimizer=optimizer, schema=schema, cfg=cfg, env=env)
+    return Checkpointer(
+        output_dir, options.every_n_steps, options.at_epoch_end, options.keep_last, save
+    )
+
+
+def _save(
+    output_dir: Path,
+    step: int,
+    epoch: int,
+    progress: EpochProgress | None,
+    keep_last: int,
+    *,
+    model: nn.Module,
+    optimizer: Any,
+    schema: Schema,
+    cfg: TrainConfig,
+    env: DistEnv,
+) -> Path:
+    return save_checkpoint(
+        output_dir, model, optimizer, step, epoch, progress, schema, cfg, env, keep_last
+    )
+
+
+def provenance(point: ResumePoint | None, report: WarmStartReport | None) -> dict[str, str]:
+    """Tags for the tracker: where this run's starting weights came from."""
+    if point is not None:
+        return {"resumed_from": str(point.path), "resumed_at_step": str(point.step)}
+    if report is not None:
+        return {
+            "warm_started_from": str(report.source),
+            "warm_start_tables": ",".join(report.tables),
+        }
+    return {}
