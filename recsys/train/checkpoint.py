@@ -378,6 +378,12 @@ class Checkpointer:
         if self.at_epoch_end:
             self._write(step, next_epoch, None)
 
+    def at_stop(self, step: int, epoch: int, progress: Any) -> None:
+        """Training ends inside an epoch (max_steps, early stopping): keep the exact position,
+        so a resume with a larger budget reads the rest of that epoch, not the next one."""
+        if self.at_epoch_end or self.every_n_steps:
+            self._write(step, epoch, progress)
+
     def _write(self, step: int, epoch: int, progress: Any) -> None:
         if step == 0 or step == self.last_saved_step:
             return  # nothing trained yet, or this step is saved already

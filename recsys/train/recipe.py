@@ -208,9 +208,10 @@ def _train_and_evaluate(
         resume = None
         evaluation = evaluator.at_epoch_end(state)
         _log_epoch(evaluation, state, evaluator.prefix, env)
-        parts.saver.after_epoch(state.step, epoch + 1)
         if not go_on:
+            parts.saver.at_stop(state.step, epoch, state.progress)
             break
+        parts.saver.after_epoch(state.step, epoch + 1)
     _record_stop(state, tracker, result)
     if valid_data is not None:
         evaluation = evaluate(parts.model, parts.eval_data, parts.schema, env)

@@ -146,6 +146,7 @@ def test_checkpointer_saves_every_n_steps_and_epoch_ends_once(tmp_path: Path) ->
         every.after_step(step, 0, f"p{step}")
     every.after_epoch(6, 1)  # step 6 is saved already (mid-epoch position: the epoch's end)
     every.after_epoch(8, 2)
-    assert written == [(3, 0, "p3"), (6, 0, "p6"), (8, 2, None)]
+    every.at_stop(10, 2, "p10")  # max_steps inside epoch 2: its position, not epoch 3
+    assert written == [(3, 0, "p3"), (6, 0, "p6"), (8, 2, None), (10, 2, "p10")]
     with pytest.raises(Exception, match="every_n_steps=0"):
         Checkpointer(tmp_path, every_n_steps=0, at_epoch_end=True, keep_last=2, save=save)
