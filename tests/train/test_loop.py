@@ -1,0 +1,131 @@
+"""The training loop: pipeline vs plain loop, the lr that reaches the kernels, the step hook."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from recsys.cli.train import load_config
+from recsys.config import resolve_schema
+from recsys.distributed.env import init_distributed, shutdown_distributed
+from recsys.train import recipe
+from recsys.train.loop import TrainState, train_epoch
+from recsys.train.optim import LRScheduler, lr_factor
+from recsys.train.recipe import run
+from tests.synthetic import TinyLog
+
+QUIET = ["tracking=none", "export.enabled=false"]
+ROWS, BATCH = 3000, 128  # the tiny log's training rows and batch size
+
+
+def test_pipeline_trains_exactly_the_model_the_plain_loop_trains(
+    tiny_log: TinyLog, tmp_path: Path
+) -> None:
+    """TrainPipelineSparseDist reorders only communication: same batches, same weights."""
+    common = tiny_log.overrides + QUIET + ["trainer.epochs=1", "trainer.eval_every_n_steps=10"]
+    results = {}
+    for pipeline in (True, False):
+        out = tmp_path / f"pipeline_{pipeline}"
+        cfg = load_config(common + [f"trainer.pipeline={pipeline}"], output_dir=str(out))
+        results[pipeline] = run(cfg), pq.read_table(out / "eval_predictions.parquet")
+    (piped, piped_preds), (plain, plain_preds) = results[True], results[False]
+    assert piped.steps == plain.steps == -(-ROWS // BATCH)
+    np.testing.assert_allclose(
+        piped_preds["prob"].to_numpy(), plain_preds["prob"].to_numpy(), rtol=0, atol=1e-6
+    )
+    # Mid-epoch evaluations pause the pipeline and resume it without losing a batch.
+    evals = [h["step"] for h in piped.history if "eval/auc" in h]
+    assert evals == [10, 20, 24]
+    losses = {p: [h["train/loss"] for h in r.history if "train/loss" in h] for p, r in
+              ((True, piped), (False, plain))}  # fmt: skip
+    np.testing.assert_allclose(losses[True], losses[False], rtol=1e-5)
+    assert piped.samples == plain.samples == ROWS
+
+
+def _setup(tiny_log: TinyLog, tmp_path: Path, extra: list[str]):
+    cfg = load_config(tiny_log.overrides + QUIET + extra, output_dir=str(tmp_path / "o"))
+    env = init_distributed("cpu")
+    schema = resolve_schema(cfg.data, cfg.model.embedding_dim)
+    train_data, _ = recipe._datasets(cfg, schema, env)
+    model, optimizer, _ = recipe._build(cfg, schema, env)
+    return cfg, env, schema, train_data, model, optimizer
+
+
+def _kernel_lrs(optimizer) -> list[float]:
+    """The learning rate FBGEMM's fused kernels hold (what the backward pass will use)."""
+    found = []
+
+    def walk(opt) -> None:
+        for _, sub in getattr(opt, "optimizers", []):
+            walk(sub)
+        if hasattr(opt, "_emb_module"):  # torchrec's EmbeddingFusedOptimizer
+            found.append(opt._emb_module.get_learning_rate())
+
+    walk(optimizer)
+    return found
+
+
+@pytest.mark.parametrize("pipeline", [True, False])
+def test_schedule_reaches_dense_and_fused_sparse_optimizers(
+    tiny_log: TinyLog, tmp_path: Path, pipeline: bool
+) -> None:
+    extra = [
+        f"trainer.pipeline={pipeline}",
+        "trainer.lr=0.01",
+        "trainer.sparse_lr=0.2",
+        "trainer.first_order_lr=0.4",
+        "trainer.lr_schedule.warmup_steps=3",
+        "trainer.lr_schedule.decay=cosine",
+        "trainer.lr_schedule.min_lr_ratio=0.1",
+        "trainer.max_steps=10",
+    ]
+    cfg, env, schema, train_data, model, optimizer = _setup(tiny_log, tmp_path, extra)
+    try:
+        scheduler = LRScheduler(optimizer, cfg.trainer.lr_schedule, total_steps=10)
+        seen: list[tuple[float, list[float], float]] = []
+
+        def after_step(state: TrainState) -> None:
+            dense = optimizer.optimizers[-1][1].param_groups[0]["lr"]
+            seen.append((dense, _kernel_lrs(optimizer), state.step))
+
+        logged: list[dict[str, float]] = []
+        state = TrainState()
+        train_epoch(
+            model, optimizer, train_data, schema, cfg.trainer, env, state,
+            lambda m, s: logged.append(m), after_step=after_step, scheduler=scheduler,
+        )  # fmt: skip
+    finally:
+        shutdown_distributed()
+    assert len(seen) == 10
+    for dense, kernels, step in seen:
+        factor = lr_factor(int(step) - 1, cfg.trainer.lr_schedule, 10)  # the step just taken
+        assert dense == pytest.approx(0.01 * factor, rel=1e-6)
+        assert sorted(kernels) == pytest.approx([0.2 * factor, 0.4 * factor], rel=1e-5)
+    assert seen[0][0] == pytest.approx(0.01 / 4) and seen[3][0] == pytest.approx(0.01)
+    # lr and the train-window metrics are logged at log steps (every 5).
+    assert logged[0]["lr/dense"] == pytest.approx(0.01 * lr_factor(4, cfg.trainer.lr_schedule, 10))
+    assert {"train/auc", "train/ne", "train/calibration", "train/ctr", "train/loss"} <= set(
+        logged[0]
+    )
+
+
+def test_step_hook_sees_only_completed_batches_while_the_pipeline_prefetches(
+    tiny_log: TinyLog, tmp_path: Path
+) -> None:
+    extra = ["trainer.pipeline=true", "trainer.max_steps=5", "trainer.shuffle_buffer=0"]
+    cfg, env, schema, train_data, model, optimizer = _setup(tiny_log, tmp_path, extra)
+    rows_at_step: list[tuple[int, int]] = []
+    state = TrainState()
+    try:
+        train_epoch(
+            model, optimizer, train_data, schema, cfg.trainer, env, state,
+            lambda m, s: None, after_step=lambda s: rows_at_step.append((s.step, s.progress.rows)),
+        )  # fmt: skip
+    finally:
+        shutdown_distributed()
+    # The pipeline has pulled two batches beyond each step; progress holds only trained ones.
+    assert rows_at_step == [(k, k * BATCH) for k in range(1, 6)]
+    assert state.progress.epoch == 0 and state.samples == 5 * BATCH
