@@ -60,7 +60,7 @@ def check_rows(table: pa.Table, schema: Schema, where: Where, bad: BadRowLog) ->
     """
     rows = _Rows(table, where, bad)
     label = schema.label
-    values, unparsable = _to_float(table.column(label.column))
+    values, unparsable = _to_float(table, label.column)
     rows.drop(label.column, unparsable, "unparsable_number", "is not a number")
     numbers = values.fill_null(np.nan).to_numpy(zero_copy_only=False).astype(np.float64)
     if label.threshold is None:
@@ -71,7 +71,7 @@ def check_rows(table: pa.Table, schema: Schema, where: Where, bad: BadRowLog) ->
     rows.drop(label.column, wrong, "bad_label", f"is not a usable label: expected {expected}")
     columns = {label.column: values}
     for feature in schema.dense_features:
-        dense, unparsable = _to_float(table.column(feature.column))
+        dense, unparsable = _to_float(table, feature.column)
         rows.drop(feature.column, unparsable, "unparsable_number", "is not a number")
         finite = np.isfinite(dense.fill_null(0.0).to_numpy(zero_copy_only=False))
         rows.drop(feature.column, ~finite, "non_finite_dense", _NON_FINITE)
@@ -103,18 +103,21 @@ class _Rows:
         self.keep &= ~mask
 
 
-def _to_float(column: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
+def _to_float(table: pa.Table, name: str) -> tuple[pa.Array, np.ndarray]:
     """float64 values (nulls kept; unparsable -> null) and the mask of unparsable values."""
-    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    column = table.column(name).combine_chunks()
     none = np.zeros(len(column), dtype=bool)
-    if pa.types.is_floating(column.type) and column.type == pa.float64():
+    if column.type == pa.float64():
         return column, none
     try:
         return pc.cast(column, pa.float64()), none
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         pass
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-        raise DataError(f"a {column.type} column cannot hold numbers; declare it as kind=id.")
+        raise DataError(
+            f"column '{name}' holds {column.type} values, not numbers; it cannot be a label or "
+            f"a dense feature. Point the label / feature at another column in conf/data/."
+        )
     # The slow path, only for blocks that hold a bad value: parse each string on its own.
     parsed = [_parse(s) for s in column.to_pylist()]
     bad = np.array([p is _BAD for p in parsed], dtype=bool)
