@@ -207,9 +207,14 @@ class TextUnitReader:
         with self.fs.open_input_file(self.unit.path) as f:
             f.seek(self.data_start)
             data = f.read(self.data_end - self.data_start)
-        at = data.find(text.encode())
-        line = self._line_of_data_start() + (data.count(b"\n", 0, at) if at >= 0 else 0)
-        return f"{self.unit.path}, line {line}"
+        # Whole lines only: the text may also occur inside an earlier line.
+        data = b"\n" + data
+        for end in (b"\n", b"\r\n"):
+            at = data.find(b"\n" + text.encode() + end)
+            if at >= 0:
+                before = data.count(b"\n", 0, at + 1) - 1
+                return f"{self.unit.path}, line {self._line_of_data_start() + before}"
+        return f"{self.unit.path}, bytes {self.data_start}-{self.data_end}"
 
     def _line_of_data_start(self) -> int:
         if self._first_line is None:
