@@ -75,6 +75,7 @@ class DatasetStats:
     path: str
     rows: int = 0
     label_rate: float | None = None  # share of positive labels
+    bad_rows: dict[str, int] = field(default_factory=dict)  # skipped (data.on_bad_row=skip)
     features: list[FeatureStats] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -105,21 +106,23 @@ def compute_stats(
     accumulators = {f.name: _accumulator(f, options) for f in schema.features}
     label = _LabelAccumulator(schema)
     stats = DatasetStats(path=path)
+    bad = BadRowLog(skip=SourceFormat.from_config(data).skip_bad_rows)
     with tqdm(total=options.max_rows, unit="row", disable=not options.progress) as bar:
-        for table in _read_tables(data, path, schema.columns, options):
+        for table in _read_tables(data, path, schema.columns, options, bad):
             stats.rows += table.num_rows
             label.add(table.column(schema.label.column))
             for feature in schema.features:
                 accumulators[feature.name].add(table.column(feature.column))
             bar.update(table.num_rows)
     stats.label_rate = label.rate()
+    stats.bad_rows = dict(bad.counts)
     stats.features = [accumulators[f.name].result(f) for f in schema.features]
     _fill_collisions(stats.features, schema)
     return stats
 
 
 def _read_tables(
-    data: DataConfig, path: str, columns: list[str], options: StatsOptions
+    data: DataConfig, path: str, columns: list[str], options: StatsOptions, bad: BadRowLog
 ) -> Iterator[pa.Table]:
     """The rows through the loader's sources: Parquet row groups or text byte ranges."""
     fmt = SourceFormat.from_config(data)
@@ -129,7 +132,6 @@ def _read_tables(
         units = plan_parquet_units(fs, folder, files, skip_unreadable=False)
         blocks = (b for u in units for b in read_parquet_unit(fs, u, columns, options.batch_rows))
     else:
-        bad = BadRowLog(skip=fmt.skip_bad_rows)
         units = plan_text_units(fs, files, fmt.unit_bytes)
         blocks = (b for u in units for b in TextUnitReader(fs, u, fmt, columns).blocks(bad))
     for block in blocks:
@@ -319,7 +321,10 @@ def _to_float(column: pa.ChunkedArray) -> tuple[np.ndarray, int]:
 def format_table(stats: DatasetStats) -> str:
     """A fixed-width table, one line per feature."""
     rate = "n/a" if stats.label_rate is None else f"{stats.label_rate:.4f}"
-    lines = [f"{stats.path}: {stats.rows:,} rows, label rate {rate}", ""]
+    lines = [f"{stats.path}: {stats.rows:,} rows, label rate {rate}"]
+    if stats.bad_rows:
+        lines.append(f"skipped bad rows (data.on_bad_row=skip): {stats.bad_rows}")
+    lines.append("")
     header = f"{'feature':<16} {'kind':<8} {'missing':>8} {'distinct':>12} {'buckets':>11} {'collide':>8}  details"
     lines += [header, "-" * len(header)]
     for f in stats.features:

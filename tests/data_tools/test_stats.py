@@ -20,6 +20,7 @@ from recsys.config import (
     TableSpec,
     resolve_schema,
 )
+from recsys.data.featurize import DataError
 from recsys.data.hll import HyperLogLog
 from recsys.data.stats import StatsOptions, compute_stats, expected_collision_rate
 from recsys.hashing import hash_array
@@ -142,6 +143,20 @@ def test_text_and_parquet_give_the_same_statistics(tmp_path: Path) -> None:
     c1 = pq.read_table(parquet.files[0], columns=["C1"]).column("C1")
     assert text.features[1].missing == c1.null_count
     assert text.features[1].distinct == pytest.approx(len(c1.unique()) - 1, rel=0.03)
+
+
+def test_bad_text_rows_fail_or_are_counted(tmp_path: Path) -> None:
+    report = write_synthetic(SynthOptions(out=str(tmp_path), rows=50, format=OutputFormat.tsv))
+    path = Path(report.files[0])
+    lines = path.read_text().splitlines()
+    lines[9] = "\t".join(lines[9].split("\t")[:30])
+    path.write_text("\n".join(lines) + "\n")
+    data = _criteo_data(str(path), "criteo")
+    with pytest.raises(DataError, match="line 10"):
+        compute_stats(data, resolve_schema(data, 16), str(path))
+    data.on_bad_row = "skip"
+    stats = compute_stats(data, resolve_schema(data, 16), str(path))
+    assert stats.rows == 49 and sum(stats.bad_rows.values()) == 1
 
 
 def test_cli_stats_on_the_criteo_config(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
