@@ -24,7 +24,9 @@ import logging
 import random
 import shutil
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -88,6 +90,7 @@ def save_checkpoint(
         optimizer: a torchrec KeyedOptimizer (CombinedOptimizer: fused sparse + dense).
         extra: small picklable state saved as is (rank 0's), returned on load.
     """
+    started = time.perf_counter()
     root = Path(output_dir) / CHECKPOINTS_DIR
     final, staging = root / f"{STEP_PREFIX}{step}", root / f"{STEP_PREFIX}{step}{TMP_SUFFIX}"
     if env.is_main:
@@ -96,7 +99,10 @@ def save_checkpoint(
     _barrier(env)
     # Param groups (learning rates) are not saved: the fused optimizer groups its tables by
     # rank, which would not fit another sharding, and the lr schedule is a function of the step.
-    dcp.save({"model": model.state_dict(), "optim": optimizer.state_dict()}, checkpoint_id=staging)
+    with _quiet_dcp():
+        dcp.save(
+            {"model": model.state_dict(), "optim": optimizer.state_dict()}, checkpoint_id=staging
+        )
     progress_parts = _all_gather(progress.state_dict() if progress is not None else None, env)
     rng_states = _all_gather(_rng_state(), env)
     if env.is_main:
@@ -116,7 +122,7 @@ def save_checkpoint(
         shutil.rmtree(final, ignore_errors=True)
         staging.rename(final)
         prune_checkpoints(root, keep_last)
-        log.info("checkpoint written: %s", final)
+        log.info("checkpoint written: %s (%.2f s)", final, time.perf_counter() - started)
     _barrier(env)
     return final
 
@@ -221,7 +227,8 @@ def load_checkpoint(
     check_schema(meta["schema"], schema, path)
     _init_optimizer_state(optimizer)
     model_state, optim_state = model.state_dict(), optimizer.state_dict()
-    dcp.load({"model": model_state, "optim": optim_state}, checkpoint_id=path)
+    with _quiet_dcp():
+        dcp.load({"model": model_state, "optim": optim_state}, checkpoint_id=path)
     model.load_state_dict(model_state)
     optimizer.load_state_dict(optim_state)
     trainer_state = torch.load(path / STATE_FILE, weights_only=False)
@@ -339,53 +346,16 @@ def _all_gather(obj: Any, env: DistEnv) -> list[Any]:
     return parts
 
 
+@contextmanager
+def _quiet_dcp() -> Iterator[None]:
+    """TorchRec's tables are ShardedTensors, which DCP warns (on every rank, at every save)
+    it will deprecate in favour of DTensor: nothing a user can act on."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to")  # 1 process
+        yield
+
+
 def _barrier(env: DistEnv) -> None:
     if env.world_size > 1:
         dist.barrier()
-
-
-# ------------------------------------------------------------------------- per-step saving
-
-
-class Checkpointer:
-    """Decides when to save: every N steps and/or at epoch end, never twice for one step."""
-
-    def __init__(
-        self,
-        output_dir: Path,
-        every_n_steps: int | None,
-        at_epoch_end: bool,
-        keep_last: int,
-        save: Callable[..., Path],
-    ):
-        if every_n_steps is not None and every_n_steps < 1:
-            raise ConfigError(
-                f"trainer.checkpoint.every_n_steps={every_n_steps}: need >= 1, or null for off."
-            )
-        if keep_last < 1:
-            raise ConfigError(f"trainer.checkpoint.keep_last={keep_last}: keep at least 1.")
-        self.output_dir, self.every_n_steps = Path(output_dir), every_n_steps
-        self.at_epoch_end, self.keep_last = at_epoch_end, keep_last
-        self._save = save
-        self.last_saved_step: int | None = None
-        self.saved: list[Path] = []
-
-    def after_step(self, step: int, epoch: int, progress: Any) -> None:
-        if self.every_n_steps and step % self.every_n_steps == 0:
-            self._write(step, epoch, progress)
-
-    def after_epoch(self, step: int, next_epoch: int) -> None:
-        if self.at_epoch_end:
-            self._write(step, next_epoch, None)
-
-    def at_stop(self, step: int, epoch: int, progress: Any) -> None:
-        """Training ends inside an epoch (max_steps, early stopping): keep the exact position,
-        so a resume with a larger budget reads the rest of that epoch, not the next one."""
-        if self.at_epoch_end or self.every_n_steps:
-            self._write(step, epoch, progress)
-
-    def _write(self, step: int, epoch: int, progress: Any) -> None:
-        if step == 0 or step == self.last_saved_step:
-            return  # nothing trained yet, or this step is saved already
-        self.saved.append(self._save(self.output_dir, step, epoch, progress, self.keep_last))
-        self.last_saved_step = step

@@ -29,11 +29,12 @@ from recsys.distributed.sharding import attach_sparse_optimizer, full_state_dict
 from recsys.export.writer import write_export
 from recsys.model.dlrm import build_model
 from recsys.tracking import Tracker, open_tracker
-from recsys.train.checkpoint import Checkpointer, ResumePoint
+from recsys.train.checkpoint import ResumePoint
 from recsys.train.evaluator import Evaluator
 from recsys.train.loop import Evaluation, MetricsSink, TrainState, evaluate, train_epoch
 from recsys.train.optim import LRScheduler, dense_optimizer_factory, estimated_total_steps
 from recsys.train.restore import (
+    Checkpointer,
     checkpointer,
     configure_determinism,
     provenance,

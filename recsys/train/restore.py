@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,6 @@ from recsys.config import ConfigError, Schema, TrainConfig, TrainerConfig
 from recsys.data.progress import EpochProgress
 from recsys.distributed.env import DistEnv, broadcast_object
 from recsys.train.checkpoint import (
-    Checkpointer,
     ResumePoint,
     load_checkpoint,
     resolve_checkpoint,
@@ -75,6 +75,50 @@ def resume_progress(point: ResumePoint | None) -> EpochProgress | None:
     if point is None or point.progress is None:
         return None
     return EpochProgress.from_state_dict(point.progress)
+
+
+class Checkpointer:
+    """Decides when to save: every N steps and/or at epoch end, never twice for one step."""
+
+    def __init__(
+        self,
+        output_dir: Path,
+        every_n_steps: int | None,
+        at_epoch_end: bool,
+        keep_last: int,
+        save: Callable[..., Path],
+    ):
+        if every_n_steps is not None and every_n_steps < 1:
+            raise ConfigError(
+                f"trainer.checkpoint.every_n_steps={every_n_steps}: need >= 1, or null for off."
+            )
+        if keep_last < 1:
+            raise ConfigError(f"trainer.checkpoint.keep_last={keep_last}: keep at least 1.")
+        self.output_dir, self.every_n_steps = Path(output_dir), every_n_steps
+        self.at_epoch_end, self.keep_last = at_epoch_end, keep_last
+        self._save = save
+        self.last_saved_step: int | None = None
+        self.saved: list[Path] = []
+
+    def after_step(self, step: int, epoch: int, progress: Any) -> None:
+        if self.every_n_steps and step % self.every_n_steps == 0:
+            self._write(step, epoch, progress)
+
+    def after_epoch(self, step: int, next_epoch: int) -> None:
+        if self.at_epoch_end:
+            self._write(step, next_epoch, None)
+
+    def at_stop(self, step: int, epoch: int, progress: Any) -> None:
+        """Training ends inside an epoch (max_steps, early stopping): keep the exact position,
+        so a resume with a larger budget reads the rest of that epoch, not the next one."""
+        if self.at_epoch_end or self.every_n_steps:
+            self._write(step, epoch, progress)
+
+    def _write(self, step: int, epoch: int, progress: Any) -> None:
+        if step == 0 or step == self.last_saved_step:
+            return  # nothing trained yet, or this step is saved already
+        self.saved.append(self._save(self.output_dir, step, epoch, progress, self.keep_last))
+        self.last_saved_step = step
 
 
 def checkpointer(

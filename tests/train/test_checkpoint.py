@@ -22,7 +22,6 @@ from recsys.data.progress import EpochProgress
 from recsys.distributed.env import DistEnv
 from recsys.train.checkpoint import (
     META_FILE,
-    Checkpointer,
     CheckpointError,
     check_schema,
     find_latest,
@@ -31,6 +30,7 @@ from recsys.train.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
+from recsys.train.restore import Checkpointer
 
 ENV = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend="gloo")
 
