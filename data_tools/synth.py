@@ -353,8 +353,14 @@ def write_synthetic(options: SynthOptions) -> SynthReport:
 
 
 def _write_file(
-    stream: RowStream, tmp: os.PathLike[str], rows: int, options: SynthOptions, report, bar
+    stream: RowStream,
+    tmp: os.PathLike[str],
+    rows: int,
+    options: SynthOptions,
+    report: SynthReport,
+    bar: tqdm,
 ) -> None:
+    """Write the next `rows` rows of `stream` to one file (Parquet with p_true, or TSV)."""
     if options.format is OutputFormat.parquet:
         schema = ARROW_SCHEMA.append(pa.field(P_TRUE, pa.float64()))
         writer = pq.ParquetWriter(tmp, schema, compression="zstd")
