@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from mlflow.tracking import MlflowClient
 
 from recsys.cli.train import load_config
 from recsys.export.scorer import Scorer
@@ -60,7 +61,15 @@ def test_resume_from_mid_epoch_checkpoint_ends_like_the_uninterrupted_run(
     mid = next(c for c in checkpoints if read_meta(c)["epoch"] == 1 and _progress(c) is not None)
     assert 0 < _progress(mid)["rows"] < 3000
 
-    resumed = _run(tiny_log, tmp_path / "resumed", saving + [f"trainer.resume={mid}"])
+    # Tracked this time: the MLflow run says where it was resumed from.
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    tracked = [o for o in tiny_log.overrides + DETERMINISTIC if o != "tracking=none"]
+    cfg = load_config(
+        tracked + saving + [f"trainer.resume={mid}", f"tracking.uri={uri}"],
+        output_dir=str(tmp_path / "resumed"),
+    )
+    resumed = run(cfg)
+    assert MlflowClient(uri).get_run(resumed.run_id).data.tags["resumed_from"] == str(mid)
     for key in ("eval/auc", "eval/log_loss", "eval/ne", "eval/calibration"):
         assert abs(resumed.metrics[key] - full.metrics[key]) <= TOL, key
     np.testing.assert_allclose(_probs(tmp_path / "resumed"), _probs(tmp_path / "full"), atol=TOL)
