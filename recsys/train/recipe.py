@@ -303,7 +303,8 @@ def _record_evaluation(
     evaluation: Evaluation, state: TrainState, tracker: Tracker, result: TrainResult, prefix: str
 ) -> None:
     metrics = evaluation.metrics.as_dict(prefix=f"{prefix}/")
-    metrics["train/samples_per_s_epoch_avg"] = state.samples_per_second
+    if state.train_seconds:  # counted at epoch ends; a mid-epoch evaluation has no new value
+        metrics["train/samples_per_s_epoch_avg"] = state.samples_per_second
     tracker.log_metrics({**metrics, "epoch": float(state.epoch)}, state.step)
     result.metrics = metrics
     result.history.append({"step": float(state.step), **metrics})
