@@ -227,7 +227,7 @@ class TrainerConfig:
     resume: str | None = None  # latest (newest checkpoint under checkpoint.search_dir) | PATH
     warm_start: str | None = None  # export or checkpoint folder: initial tables (+ dense part)
     warm_start_skip_mismatched: bool = False  # true: a resized table starts fresh, not an error
-    deterministic: bool = False  # deterministic kernels, one thread: bit-identical resumes
+    deterministic: bool = False  # deterministic kernels: resumes match uninterrupted runs
 
 
 @dataclass
