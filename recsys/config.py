@@ -154,7 +154,7 @@ class ModelConfig:
     deep_embeddings: bool = False  # over arch also reads the embeddings (DeepFM-style)
     dropout: float = 0.2
     # model=dcn: cross layers x_{l+1} = x0 * (W x_l + b) + x_l on concat(dense, embeddings)
-    cross_layers: int = 3
+    cross_layers: int = 2
     low_rank: int | None = None  # W = U V^T with this rank; None: full rank
     structure: str = "stacked"  # stacked: cross -> over arch | parallel: cross || over arch
 

@@ -66,18 +66,23 @@ def test_two_gloo_processes_train_export_and_match_one_process(tiny_log, tmp_pat
 
 @pytest.mark.distributed
 @pytest.mark.parametrize(
-    "sharding",
+    ("sharding", "model"),
     [
-        "row_wise",  # TorchRec offers it on CUDA only; recsys adds it on CPU
-        pytest.param("column_wise", marks=pytest.mark.slow),
-        pytest.param("table_column_wise", marks=pytest.mark.slow),
-        pytest.param("data_parallel", marks=pytest.mark.slow),
+        ("row_wise", "dlrm"),  # TorchRec offers row-wise on CUDA only; recsys adds it on CPU
+        pytest.param("column_wise", "dlrm", marks=pytest.mark.slow),
+        pytest.param("table_column_wise", "dlrm", marks=pytest.mark.slow),
+        pytest.param("data_parallel", "dlrm", marks=pytest.mark.slow),
+        pytest.param("row_wise", "dcn", marks=pytest.mark.slow),
+        pytest.param("column_wise", "mf", marks=pytest.mark.slow),  # vectors split over ranks
     ],
 )
-def test_forced_sharding_type_trains_and_exports(tiny_log, tmp_path: Path, sharding: str) -> None:
+def test_forced_sharding_type_trains_and_exports(
+    tiny_log, tmp_path: Path, sharding: str, model: str
+) -> None:
     overrides = tiny_log.overrides + [
         "tracking=none",
         f"sharding={sharding}",
+        f"model={model}",
         "data.tables.user_id.num_buckets=65536",
     ]
     proc = _make_train(2, tmp_path / "run", overrides)
