@@ -7,7 +7,6 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -18,6 +17,7 @@ from tqdm import tqdm
 from recsys.config import Schema, TrainerConfig
 from recsys.data.batch import Batch
 from recsys.data.loader import StreamingDataset, make_loader
+from recsys.data.progress import EpochProgress
 from recsys.distributed.env import DistEnv, lockstep
 from recsys.metrics import BinaryMetrics, MetricAccumulator
 from recsys.train.optim import LRScheduler
@@ -43,7 +43,7 @@ class TrainState:
     epoch: int = 0
     samples: int = 0
     train_seconds: float = 0.0
-    progress: Any = None  # recsys.data.progress.EpochProgress, when the loader provides it
+    progress: EpochProgress | None = None  # None until the first epoch starts
     stop_reason: str | None = None
     paused: Callable[[], AbstractContextManager] = field(default=nullcontext, repr=False)
 
@@ -84,7 +84,7 @@ def train_epoch(
     sink: MetricsSink,
     after_step: Callable[[TrainState], None] | None = None,
     scheduler: LRScheduler | None = None,
-    resume: Any = None,
+    resume: EpochProgress | None = None,
 ) -> bool:
     """Train one epoch; returns False once training should end (max_steps or a hook's stop).
 
@@ -114,19 +114,20 @@ def train_epoch(
         state.paused = nullcontext
         bar.close()
     state.train_seconds += time.perf_counter() - started - hook_seconds
-    state.samples += int(_global_sum(torch.tensor(float(taken.real_rows)), env).item())
+    rows = torch.tensor(float(taken.real_rows), device=env.device)
+    state.samples += int(_global_sum(rows, env).item())
     return not _reached_max_steps(state, trainer) and state.stop_reason is None
 
 
-def _start_epoch(dataset: StreamingDataset, state: TrainState, resume: Any) -> None:
+def _start_epoch(
+    dataset: StreamingDataset, state: TrainState, resume: EpochProgress | None
+) -> None:
     if resume is not None:
         dataset.set_epoch(state.epoch, resume=resume)
         state.progress = resume
         return
     dataset.set_epoch(state.epoch)
-    # The loader's EpochProgress (recsys/data/progress.py) records what each step trained.
-    new_progress = getattr(dataset, "new_progress", None)
-    state.progress = new_progress() if new_progress is not None else None
+    state.progress = dataset.new_progress()
 
 
 def _train_step(stepper: Stepper, taken: TakenBatches, window: _Window, state: TrainState) -> bool:
@@ -137,8 +138,7 @@ def _train_step(stepper: Stepper, taken: TakenBatches, window: _Window, state: T
         return False
     batch = taken.completed()  # the batch this step trained (a pipeline holds later ones)
     state.step += 1
-    if state.progress is not None:
-        state.progress.record(batch)
+    state.progress.record(batch)
     window.add(loss, logits, batch)
     return True
 
