@@ -53,6 +53,34 @@ class FeatureArrays:
     def num_rows(self) -> int:
         return self.dense.shape[0]
 
+    def row_slicer(self) -> RowSlicer:
+        return RowSlicer(self)
+
+
+class RowSlicer:
+    """Cuts featurized rows [start, stop) out of one big block without copying the block.
+
+    Featurizing (hashing above all) costs a fixed overhead per call and per column, so the
+    loader featurizes whole read blocks at once and cuts batches out of them here; the id
+    offsets of every key are computed once per block, not once per batch.
+    """
+
+    def __init__(self, arrays: FeatureArrays):
+        self.arrays = arrays
+        self.offsets = {
+            k: np.concatenate([[0], np.cumsum(v, dtype=np.int64)])
+            for k, v in arrays.lengths.items()
+        }
+
+    def take(self, start: int, stop: int) -> FeatureArrays:
+        a = self.arrays
+        return FeatureArrays(
+            labels=None if a.labels is None else a.labels[start:stop],
+            dense=a.dense[start:stop],
+            ids={k: v[self.offsets[k][start] : self.offsets[k][stop]] for k, v in a.ids.items()},
+            lengths={k: v[start:stop] for k, v in a.lengths.items()},
+        )
+
 
 def featurize(
     records: pa.Table | pa.RecordBatch,

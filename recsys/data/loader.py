@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,9 +24,10 @@ import pyarrow.compute as pc
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from recsys.config import ConfigError, DataFormat, Schema
+from recsys.config import ConfigError, DataFormat, FeatureKind, Schema
 from recsys.data.batch import Batch
-from recsys.data.featurize import RecordOrigin, featurize
+from recsys.data.featurize import RecordOrigin, RowSlicer, featurize
+from recsys.data.prefetch import ThreadPrefetcher
 from recsys.data.progress import BatchPosition, EpochProgress
 from recsys.data.rowcheck import BadRowLog, check_rows
 from recsys.data.source import (
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 
 ROW_ID_COLUMN = "__row_id"
 UNIT_COLUMN = "__unit"
+READ_BLOCK_ROWS = 1 << 15  # rows decoded and featurized per call (Parquet)
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ class StreamingDataset(IterableDataset):
             self.units = plan_text_units(self.fs, files, source.unit_bytes)
         self.epoch = 0
         self.resume: EpochProgress | None = None
+        self._id_columns = [f.column for f in schema.sparse_features if f.kind is FeatureKind.id]
 
     @property
     def num_rows(self) -> int:
@@ -142,14 +145,19 @@ class StreamingDataset(IterableDataset):
                 if buffered >= self._buffer_limit():
                     table = _mix(buffer, mix_rng)
                     keep = table.num_rows % size
-                    yield from _slices(table.slice(0, table.num_rows - keep), size)
+                    yield table.slice(0, table.num_rows - keep)  # whole batches
                     buffer, buffered = [table.slice(table.num_rows - keep)], keep
                     yield from _left_buffer(read, buffer)
             read.append(_Done(unit.index, bad.take()))
             yield from _left_buffer(read, buffer)
         if buffered:
-            yield from _slices(_mix(buffer, mix_rng), size)
+            yield _mix(buffer, mix_rng)
         yield from read
+
+    def _read_rows(self) -> int:
+        # Big reads: decoding and featurizing cost a fixed overhead per call, so many
+        # batches' worth of rows are read (and hashed) at once, then cut into batches.
+        return max(self.options.batch_size, READ_BLOCK_ROWS)
 
     def _buffer_limit(self) -> int:
         if not self.options.shuffle_buffer_rows:
@@ -198,7 +206,9 @@ class StreamingDataset(IterableDataset):
         if self.options.source.format is DataFormat.parquet:
             return (
                 lambda k: f"{unit.path}, row {unit.file_row + k}",
-                lambda bad: read_parquet_unit(self.fs, unit, columns, self.options.batch_size),
+                lambda bad: read_parquet_unit(
+                    self.fs, unit, columns, self._read_rows(), self._id_columns
+                ),
                 unit.first_row_id,
             )
         reader = TextUnitReader(self.fs, unit, self.options.source, columns)
@@ -209,9 +219,11 @@ class StreamingDataset(IterableDataset):
     def _batches(
         self, events: Iterator[pa.Table | _Done], template: BatchPosition
     ) -> Iterator[Batch]:
+        # Each block of rows is featurized once, then cut into batches (see RowSlicer).
         # One batch is held back so the units finished (and rows skipped) by the time the
         # next one is made can be reported with it: a batch carries the units its rows closed.
-        pending: pa.Table | None = None
+        size = self.options.batch_size
+        pending: tuple[pa.Table, RowSlicer, int] | None = None
         done: list[int] = []
         bad: Counter[str] = Counter()
         for event in events:
@@ -219,25 +231,34 @@ class StreamingDataset(IterableDataset):
                 done.append(event.unit)
                 bad.update(event.bad_rows)
                 continue
-            if pending is not None:
-                yield self._batch(pending, template, done, bad)
-                done, bad = [], Counter()
-            pending = event
+            first_row = int(event.column(ROW_ID_COLUMN)[0].as_py())
+            origin = RecordOrigin(source=self.path, first_row=first_row)
+            slicer = featurize(event, self.schema, origin).row_slicer()
+            for start in range(0, event.num_rows, size):
+                if pending is not None:
+                    yield self._batch(pending, template, done, bad)
+                    done, bad = [], Counter()
+                pending = (event, slicer, start)
         if pending is not None or bad:
             yield self._batch(pending, template, done, bad)
 
     def _batch(
-        self, table: pa.Table | None, template: BatchPosition, done: list[int], bad: Counter
+        self,
+        rows: tuple[pa.Table, RowSlicer, int] | None,
+        template: BatchPosition,
+        done: list[int],
+        bad: Counter,
     ) -> Batch:
         size = self.options.batch_size
-        if table is None or table.num_rows == 0:  # only skipped rows: report them all the same
+        if rows is None:  # only skipped rows: report them all the same
             batch = Batch.padding(self.schema, size)
             row_ids = unit_ids = np.zeros(0, np.int64)
         else:
+            block, slicer, start = rows
+            table = block.slice(start, size)
             row_ids = table.column(ROW_ID_COLUMN).to_numpy()
             unit_ids = table.column(UNIT_COLUMN).to_numpy()
-            origin = RecordOrigin(source=self.path, first_row=int(row_ids[0]))
-            arrays = featurize(table, self.schema, origin)
+            arrays = slicer.take(start, start + table.num_rows)
             batch = Batch.from_arrays(arrays, self.schema, row_ids, size=size)
         batch.bad_rows = dict(bad)
         batch.position = BatchPosition(
@@ -263,11 +284,6 @@ def _left_buffer(read: list[_Done], buffer: list[pa.Table]) -> Iterator[_Done]:
     for item in [r for r in read if r.unit not in present]:
         read.remove(item)
         yield item
-
-
-def _slices(table: pa.Table, size: int) -> Iterator[pa.Table]:
-    for start in range(0, table.num_rows, size):
-        yield table.slice(start, size)
 
 
 def _mix(buffer: list[pa.Table], rng: np.random.Generator | None) -> pa.Table:
@@ -303,10 +319,11 @@ def _estimate_text_rows(fs, units: list[WorkUnit]) -> int:
     return max(1, round(total * lines / max(len(sample), 1)))
 
 
-def make_loader(dataset: StreamingDataset) -> DataLoader:
-    """Worker processes featurize (hash) in parallel with training; 0 workers reads in-process."""
+def make_loader(dataset: StreamingDataset) -> Iterable[Batch]:
+    """Batches of `dataset`: read by worker processes (num_workers > 0), or in a background
+    thread of this process (num_workers = 0, the default: see recsys.data.prefetch)."""
     workers = dataset.options.num_workers
-    return DataLoader(
+    loader = DataLoader(
         dataset,
         batch_size=None,
         num_workers=workers,
@@ -314,3 +331,4 @@ def make_loader(dataset: StreamingDataset) -> DataLoader:
         prefetch_factor=2 if workers else None,
         generator=torch.Generator().manual_seed(dataset.options.seed),
     )
+    return loader if workers else ThreadPrefetcher(loader)

@@ -77,7 +77,7 @@ class TextUnitReader:
         self._tail: int | None = None  # where a last line without line break starts
         self.data_start, self.data_end = 0, 0
 
-    def blocks(self, bad: BadRowLog, block_bytes: int = 1 << 20) -> Iterator[pa.Table]:
+    def blocks(self, bad: BadRowLog, block_bytes: int = 8 << 20) -> Iterator[pa.Table]:
         unit = self.unit
         if unit.start == 0 and unit.end == 0 and not self.compressed:
             raise UnitError(

@@ -90,8 +90,8 @@ def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
     _seed_everything(cfg.trainer.seed)
     schema = resolve_schema(cfg.data, cfg.model.embedding_dim)
     output_dir = Path(broadcast_object(str(Path(cfg.output_dir).resolve()), env))
-    train_data, eval_data = _datasets(cfg, schema, env)
-    model, optimizer, plan = _build(cfg, schema, env)
+    train_data, eval_data = datasets(cfg, schema, env)
+    model, optimizer, plan = build_training(cfg, schema, env)
     point, warm = restore(cfg, model, optimizer, schema, env)
     tracker = open_tracker(
         cfg.tracking,
@@ -123,9 +123,10 @@ def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
     return result
 
 
-def _datasets(
+def datasets(
     cfg: TrainConfig, schema: Schema, env: DistEnv
 ) -> tuple[StreamingDataset, StreamingDataset]:
+    """This rank's train and eval streams (public for benchmarks and tests)."""
     if cfg.data.eval_path is None:
         raise ConfigError("data.eval_path is not set: give the rows to evaluate on.")
     trainer = cfg.trainer
@@ -153,9 +154,10 @@ def _datasets(
     return train, evaluation
 
 
-def _build(
+def build_training(
     cfg: TrainConfig, schema: Schema, env: DistEnv
 ) -> tuple[nn.Module, torch.optim.Optimizer, object]:
+    """The sharded train model, its combined (fused sparse + dense) optimizer and the plan."""
     # Tables start on "meta": DistributedModelParallel allocates only this rank's shards.
     model = build_model(schema, cfg.model, device=torch.device("meta"))
     sparse = model.sparse_arch

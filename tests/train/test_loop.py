@@ -49,8 +49,8 @@ def _setup(tiny_log: TinyLog, tmp_path: Path, extra: list[str]):
     cfg = load_config(tiny_log.overrides + QUIET + extra, output_dir=str(tmp_path / "o"))
     env = init_distributed("cpu")
     schema = resolve_schema(cfg.data, cfg.model.embedding_dim)
-    train_data, _ = recipe._datasets(cfg, schema, env)
-    model, optimizer, _ = recipe._build(cfg, schema, env)
+    train_data, _ = recipe.datasets(cfg, schema, env)
+    model, optimizer, _ = recipe.build_training(cfg, schema, env)
     return cfg, env, schema, train_data, model, optimizer
 
 
