@@ -61,6 +61,12 @@ test: setup ## fast test suite (what CI runs)
 test-full: setup ## every test, slow ones included
 	$(BIN)/python -m pytest -q
 
+bench: setup ## benchmarks: hashing, loader rows/s, loader-vs-memory training ratio, RSS 50 MB vs 5 GB
+	$(BIN)/python -m recsys.bench
+
+bench-data: setup ## data benchmarks only: hashing ids/s and loader rows/s (Parquet, TSV)
+	$(BIN)/python -m recsys.bench --only data
+
 lint: setup ## ruff lint and format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

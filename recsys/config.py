@@ -216,7 +216,9 @@ class TrainerConfig:
     log_every_n_steps: int = 20
     shuffle_buffer: int = 0  # rows mixed in a seeded buffer; 0 keeps file (time) order
     shuffle_files: bool = False  # reorder row groups every epoch (loses time order)
-    num_workers: int = 1  # loader processes featurizing while the main process trains
+    # Loader processes featurizing while this one trains. 0 (default): a background thread
+    # of this process reads ahead instead; on few cores that is faster (recsys.data.prefetch).
+    num_workers: int = 0
     progress_bar: bool = True
     # TorchRec's TrainPipelineSparseDist: the input dist of batch i+1 overlaps batch i's compute
     pipeline: bool = True

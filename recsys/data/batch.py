@@ -90,27 +90,27 @@ class Batch(Pipelineable):
         size = n if size is None else size
         if size < n:
             raise ValueError(f"batch of {n} rows does not fit size {size}")
+        if arrays.labels is None:
+            arrays = replace(arrays, labels=np.zeros(n, np.float32))
+        if size > n:
+            arrays = _concat(arrays, _padding_arrays(schema, size - n))
         names = schema.lookup_keys  # one KJT key per lookup (several per feature: double, qr)
-        pad = _padding_arrays(schema, size - n)
-        labels = arrays.labels if arrays.labels is not None else np.zeros(n, np.float32)
+        weights = np.zeros(size, np.float32)
+        weights[:n] = 1.0
+        padded_row_ids = np.full(size, -1, np.int64)
+        padded_row_ids[:n] = row_ids
+        # Copies, never views: a view would keep (and send to other processes) the whole
+        # featurized block it was cut from.
         return Batch(
-            dense=torch.from_numpy(np.concatenate([arrays.dense, pad.dense])),
+            dense=torch.from_numpy(np.array(arrays.dense, copy=True)),
             sparse=KeyedJaggedTensor(
                 keys=names,
-                values=torch.from_numpy(
-                    np.concatenate([x for k in names for x in (arrays.ids[k], pad.ids[k])])
-                ),
-                lengths=torch.from_numpy(
-                    np.concatenate([x for k in names for x in (arrays.lengths[k], pad.lengths[k])])
-                ),
+                values=torch.from_numpy(np.concatenate([arrays.ids[k] for k in names])),
+                lengths=torch.from_numpy(np.concatenate([arrays.lengths[k] for k in names])),
             ),
-            labels=torch.from_numpy(np.concatenate([labels, pad.labels])),
-            weights=torch.from_numpy(
-                np.concatenate([np.ones(n, np.float32), np.zeros(size - n, np.float32)])
-            ),
-            row_ids=torch.from_numpy(
-                np.concatenate([row_ids.astype(np.int64), np.full(size - n, -1, np.int64)])
-            ),
+            labels=torch.from_numpy(np.array(arrays.labels, copy=True)),
+            weights=torch.from_numpy(weights),
+            row_ids=torch.from_numpy(padded_row_ids),
         )
 
     @staticmethod
@@ -135,4 +135,13 @@ def _padding_arrays(schema: Schema, num_rows: int) -> FeatureArrays:
         dense=np.zeros((num_rows, len(schema.dense_features)), np.float32),
         ids=ids,
         lengths=lengths,
+    )
+
+
+def _concat(a: FeatureArrays, b: FeatureArrays) -> FeatureArrays:
+    return FeatureArrays(
+        labels=np.concatenate([a.labels, b.labels]),
+        dense=np.concatenate([a.dense, b.dense]),
+        ids={k: np.concatenate([v, b.ids[k]]) for k, v in a.ids.items()},
+        lengths={k: np.concatenate([v, b.lengths[k]]) for k, v in a.lengths.items()},
     )

@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 ROW_ID_COLUMN = "__row_id"
 UNIT_COLUMN = "__unit"
-READ_BLOCK_ROWS = 1 << 15  # rows decoded and featurized per call (Parquet)
+READ_BLOCK_ROWS = 1 << 17  # rows decoded and featurized per call (Parquet)
 
 
 @dataclass(frozen=True)

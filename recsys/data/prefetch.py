@@ -10,6 +10,8 @@ overlaps with the compute of the current one.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import queue
 import threading
 from collections.abc import Iterable, Iterator
@@ -18,6 +20,7 @@ from typing import TypeVar
 T = TypeVar("T")
 
 _END = object()
+LOADER_NICENESS = 10  # Linux applies setpriority to one thread when given its thread id
 
 
 class ThreadPrefetcher(Iterable[T]):
@@ -54,6 +57,7 @@ class _Failure:
 
 
 def _produce(source: Iterable, ready: queue.Queue, stop: threading.Event) -> None:
+    _lower_priority()
     try:
         for item in source:
             if not _put(ready, item, stop):
@@ -61,6 +65,13 @@ def _produce(source: Iterable, ready: queue.Queue, stop: threading.Event) -> Non
         _put(ready, _END, stop)
     except BaseException as e:  # handed to the consumer, raised there with its traceback
         _put(ready, _Failure(e), stop)
+
+
+def _lower_priority() -> None:
+    """Yield the cores to the training threads; read-ahead only has to keep up on average."""
+    # Not Linux, or not permitted: the thread runs at normal priority.
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOADER_NICENESS)
 
 
 def _put(ready: queue.Queue, item: object, stop: threading.Event) -> bool:
