@@ -18,7 +18,7 @@ OTHER_DATA := $(findstring data.train_path=,$(ARGS))$(if $(findstring data=,$(AR
 NEEDS_MOVIELENS := $(if $(OTHER_DATA),,yes)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data data-synth train sweep test test-full lint fmt ui clean
+.PHONY: help setup data data-synth train sweep test test-full bench bench-data lint fmt ui clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'

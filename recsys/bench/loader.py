@@ -47,7 +47,7 @@ def bench_loader(data: BenchData, workers: tuple[int, ...] | None = None) -> lis
     for kind, fmt in FORMATS.items():
         path: Path = data.parquet if kind == "parquet" else data.tsv
         cfg = criteo_config(path, fmt)
-        for num_workers in workers or sorted({0, default_workers}):
+        for num_workers in workers or sorted({0, 1, default_workers}):
             read, rate = rows_per_second(loader_dataset(cfg, num_workers))
             if read != data.rows:
                 raise AssertionError(

@@ -24,9 +24,15 @@ ROWS_PER_MB = 4_100  # raw Criteo-layout TSV from synth: about 243 bytes per row
 
 
 def _peak_mib() -> dict[str, float]:
-    """Peak RSS of this process and of its (finished) children, in MiB (Linux: KiB units)."""
+    """Peak RSS of this process (VmHWM) and of its finished children (loader workers), MiB.
+
+    Not ru_maxrss for this process: Linux carries it across exec, so a child started by a
+    big parent would report the parent's peak.
+    """
+    status = Path("/proc/self/status").read_text()
+    hwm_kib = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")))
     return {
-        "main_peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "main_peak_mib": hwm_kib / 1024,
         "workers_peak_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
     }
 
