@@ -120,6 +120,8 @@ class FeatureSpec:
     table: str | None = None
     seed: int = 0  # mmh3 seed; distinct per feature so shared tables do not collide alike
     transform: DenseTransform = DenseTransform.none  # dense features only
+    clip_min: float | None = None  # dense: raw values clipped to [clip_min, clip_max] before
+    clip_max: float | None = None  # the transform (tames outliers; None: no bound)
     mean: float = 0.0  # dense: after the transform, (x - mean) / std; statistics of the
     std: float = 1.0  # training data, so the dense arch sees inputs of unit scale
     delimiter: str | None = None  # id_list stored as one delimited string
@@ -318,6 +320,8 @@ class ResolvedFeature:
     mean: float = 0.0
     std: float = 1.0
     tower: Tower | None = None
+    clip_min: float | None = None
+    clip_max: float | None = None
 
 
 @dataclass(frozen=True)
@@ -455,6 +459,7 @@ def _resolve_feature(name: str, spec: FeatureSpec) -> ResolvedFeature:
         raise ConfigError(f"data.features.{name}: `delimiter` only applies to kind=id_list.")
     if spec.std <= 0:
         raise ConfigError(f"data.features.{name}.std={spec.std}: must be > 0.")
+    _check_clip(name, spec, dense)
     if not 0.0 <= spec.dropout < 1.0 or (dense and spec.dropout):
         raise ConfigError(
             f"data.features.{name}.dropout={spec.dropout}: need 0 <= dropout < 1, sparse features only."
@@ -471,7 +476,21 @@ def _resolve_feature(name: str, spec: FeatureSpec) -> ResolvedFeature:
         mean=float(spec.mean),
         std=float(spec.std),
         tower=spec.tower,
+        clip_min=None if spec.clip_min is None else float(spec.clip_min),
+        clip_max=None if spec.clip_max is None else float(spec.clip_max),
     )
+
+
+def _check_clip(name: str, spec: FeatureSpec, dense: bool) -> None:
+    bounds = (spec.clip_min, spec.clip_max)
+    if bounds == (None, None):
+        return
+    if not dense:
+        raise ConfigError(f"data.features.{name}: clip_min/clip_max apply to kind=dense only.")
+    if None not in bounds and spec.clip_min > spec.clip_max:
+        raise ConfigError(
+            f"data.features.{name}: clip_min={spec.clip_min} > clip_max={spec.clip_max}."
+        )
 
 
 def _resolve_table(

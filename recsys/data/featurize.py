@@ -157,6 +157,8 @@ def _dense_column(
             f"{origin.source}, row {origin.first_row + row}, column '{feature.column}': dense "
             f"value {values[row]} is not finite; it would turn the weights into NaN."
         )
+    if feature.clip_min is not None or feature.clip_max is not None:
+        values = np.clip(values, feature.clip_min, feature.clip_max)
     if feature.transform is DenseTransform.log1p:
         values = np.log1p(np.maximum(values, 0.0))
     return ((values - feature.mean) / feature.std).astype(np.float32)

@@ -116,7 +116,24 @@ def train_epoch(
     state.train_seconds += time.perf_counter() - started - hook_seconds
     rows = torch.tensor(float(taken.real_rows), device=env.device)
     state.samples += int(_global_sum(rows, env).item())
+    _log_epoch_data(state, env, sink)
     return not _reached_max_steps(state, trainer) and state.stop_reason is None
+
+
+def _log_epoch_data(state: TrainState, env: DistEnv, sink: MetricsSink) -> None:
+    """Rows trained and rows skipped as bad (by reason) this epoch, summed over ranks, so a
+    shortened epoch is visible in MLflow (`data.on_bad_row=skip` drops rows, never silently)."""
+    if state.progress is None:
+        return
+    parts = [state.progress]
+    if env.world_size > 1:
+        parts = [None] * env.world_size
+        dist.all_gather_object(parts, state.progress)
+    merged = EpochProgress.merge(parts)
+    metrics = {"data/rows_trained": float(merged.rows)}
+    metrics["data/bad_rows"] = float(sum(merged.bad_rows.values()))
+    metrics |= {f"data/bad_rows/{reason}": float(n) for reason, n in merged.bad_rows.items()}
+    sink(metrics, state.step)
 
 
 def _start_epoch(

@@ -98,3 +98,38 @@ def test_list_feature_as_plain_number_is_refused() -> None:
     table = pa.table({"y": [1], "user": [1], "tags": [3], "count": [1.0]})
     with pytest.raises(DataError, match="tags.*neither a list nor text"):
         featurize(table, _schema())
+
+
+def _clipped_schema(**clip):
+    data = DataConfig(
+        name="t",
+        train_path="x",
+        label=LabelSpec(column="y"),
+        features={
+            "user": FeatureSpec(kind=FeatureKind.id),
+            "count": FeatureSpec(
+                kind=FeatureKind.dense, transform=DenseTransform.log1p, mean=1.0, std=2.0, **clip
+            ),
+        },
+        tables={"user": TableSpec(num_buckets=10)},
+    )
+    return resolve_schema(data, 8)
+
+
+def test_dense_clip_applies_to_raw_values_before_transform_and_standardize() -> None:
+    records = pa.table({"y": [0, 1, 0], "user": ["a", "b", "c"], "count": [-5.0, 3.0, 1e9]})
+    arrays = featurize(records, _clipped_schema(clip_min=0.0, clip_max=100.0))
+    expected = (np.log1p(np.array([0.0, 3.0, 100.0])) - 1.0) / 2.0
+    np.testing.assert_allclose(arrays.dense[:, 0], expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "clip, match",
+    [({"clip_min": 5.0, "clip_max": 1.0}, "clip_min=5.0 > clip_max=1.0"), ({}, None)],
+)
+def test_clip_bounds_are_checked(clip, match) -> None:
+    if match is None:
+        assert _clipped_schema(**clip).features[1].clip_min is None
+        return
+    with pytest.raises(ValueError, match=match):
+        _clipped_schema(**clip)
