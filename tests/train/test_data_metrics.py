@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from recsys.cli.train import load_config
 from recsys.train.recipe import run
 from tests.synthetic import make_click_log
 
 
-def test_skipped_rows_are_counted_by_reason_in_the_metrics(tiny_log, tmp_path):
+# 0: the default read-ahead thread; 2: worker processes (counts cross the process boundary)
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_skipped_rows_are_counted_by_reason_in_the_metrics(tiny_log, tmp_path, num_workers):
     table = make_click_log(1000, seed=1)
     labels = table.column("label").to_numpy().copy()
     labels[[10, 500, 501]] = 7  # not a 0/1 label
@@ -25,6 +28,7 @@ def test_skipped_rows_are_counted_by_reason_in_the_metrics(tiny_log, tmp_path):
             "trainer.epochs=2",
             "tracking=none",
             "export.enabled=false",
+            f"trainer.num_workers={num_workers}",
         ],
         output_dir=str(tmp_path / "run"),
     )
