@@ -27,7 +27,7 @@ from recsys.data.source import SourceFormat
 from recsys.distributed.env import DistEnv, broadcast_object, init_distributed, shutdown_distributed
 from recsys.distributed.sharding import attach_sparse_optimizer, full_state_dict, shard_model
 from recsys.export.writer import write_export
-from recsys.model.dlrm import build_model
+from recsys.model.click import build_model
 from recsys.tracking import Tracker, open_tracker
 from recsys.train.checkpoint import ResumePoint
 from recsys.train.evaluator import Evaluator
