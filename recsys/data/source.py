@@ -205,10 +205,11 @@ def read_parquet_unit(
         raise UnitError(unit.error, reason="unreadable_unit")
     partition = dict(unit.partition)
     with fs.open_input_file(unit.path) as f:
-        in_file_ids = [c for c in id_columns if c in pq.read_schema(f).names] if id_columns else []
+        metadata = pq.read_metadata(f)  # the footer, read once and handed to the reader
+        names = metadata.schema.to_arrow_schema().names
+        in_file_ids = [c for c in id_columns if c in names]
         # pyarrow reads non-text columns named here as usual
-        reader = pq.ParquetFile(f, read_dictionary=in_file_ids)
-        names = reader.schema_arrow.names
+        reader = pq.ParquetFile(f, metadata=metadata, read_dictionary=in_file_ids)
         missing = [c for c in columns if c not in names and c not in partition]
         if missing:
             raise UnitError(
