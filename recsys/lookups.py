@@ -35,7 +35,7 @@ from recsys.config import (
     TableHashing,
     TableSpec,
 )
-from recsys.hashing import buckets_of, hash32_array, qr_split, second_seed
+from recsys.hashing import hash_array, qr_split, second_seed
 
 SECOND_SUFFIX = "__h2"  # the second lookup (and table) of double hashing
 QUOTIENT_SUFFIX, REMAINDER_SUFFIX = "__q", "__r"
@@ -191,8 +191,7 @@ def lookup_ids(
     for lk in lookups:
         rule = (lk.seed, lk.hash_buckets)
         if rule not in hashed:
-            hashes, present = hash32_array(values, lk.seed)
-            hashed[rule] = buckets_of(hashes, present, lk.hash_buckets)
+            hashed[rule] = hash_array(values, lk.seed, lk.hash_buckets)
         buckets = hashed[rule]
         if lk.part is LookupPart.bucket:
             out[lk.key] = buckets
