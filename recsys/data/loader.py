@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
@@ -261,14 +261,8 @@ class StreamingDataset(IterableDataset):
             arrays = slicer.take(start, start + table.num_rows)
             batch = Batch.from_arrays(arrays, self.schema, row_ids, size=size)
         batch.bad_rows = dict(bad)
-        batch.position = BatchPosition(
-            template.rank,
-            template.worker,
-            template.num_workers,
-            template.world_size,
-            row_ids,
-            unit_ids,
-            tuple(done),
+        batch.position = replace(
+            template, row_ids=row_ids, unit_ids=unit_ids, units_done=tuple(done)
         )
         return batch
 
