@@ -131,8 +131,7 @@ class DCNHead(nn.Module):
         self.dense_linear = (
             nn.Linear(config.num_dense, 1) if config.first_order and has_dense else None
         )
-        rates = config.feature_dropout or (0.0,) * len(config.embedding_dims)
-        self.feature_dropout = FeatureDropout(rates, config.embedding_dims)
+        self.feature_dropout = FeatureDropout(config.feature_dropout, config.embedding_dims)
 
     def forward(
         self, dense: torch.Tensor, embeddings: torch.Tensor, first_order: torch.Tensor | None

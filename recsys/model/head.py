@@ -96,7 +96,7 @@ def pairwise_dot(vectors: torch.Tensor) -> torch.Tensor:
 
 
 class FeatureDropout(nn.Module):
-    """In training, blank sparse feature f of each row with probability rates[f].
+    """In training, blank sparse feature f of each row with probability rates[f] (none if empty).
 
     An id never seen in training hashes to an untrained, near-zero row. Unless the model
     meets such rows while training, it has never learnt to predict without them: blanking
@@ -145,8 +145,7 @@ class DLRMHead(nn.Module):
         self.dense_linear = (
             nn.Linear(config.num_dense, 1) if config.first_order and has_dense else None
         )
-        rates = config.feature_dropout or (0.0,) * config.num_sparse
-        self.feature_dropout = FeatureDropout(rates, (dim,) * config.num_sparse)
+        self.feature_dropout = FeatureDropout(config.feature_dropout, (dim,) * config.num_sparse)
 
     def forward(
         self, dense: torch.Tensor, embeddings: torch.Tensor, first_order: torch.Tensor | None

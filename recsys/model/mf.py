@@ -105,8 +105,7 @@ class MFHead(nn.Module):
         )
         self.global_bias = nn.Parameter(torch.zeros(()))
         num_sparse = len(config.sparse_towers)
-        rates = config.feature_dropout or (0.0,) * num_sparse
-        self.feature_dropout = FeatureDropout(rates, (dim,) * num_sparse)
+        self.feature_dropout = FeatureDropout(config.feature_dropout, (dim,) * num_sparse)
 
     def tower(
         self,
