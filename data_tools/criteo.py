@@ -27,13 +27,14 @@ from data_tools.arrow_io import RowStream, atomic_path
 from recsys.config import ConfigError
 from recsys.data.featurize import DataError
 from recsys.data.source import resolve_files
+from recsys.data.text import CRITEO_COLUMNS
 
 logger = logging.getLogger(__name__)
 
-LABEL = "label"
-DENSE_COLUMNS: tuple[str, ...] = tuple(f"I{i}" for i in range(1, 14))
-CATEGORICAL_COLUMNS: tuple[str, ...] = tuple(f"C{i}" for i in range(1, 27))
-COLUMNS: tuple[str, ...] = (LABEL, *DENSE_COLUMNS, *CATEGORICAL_COLUMNS)
+COLUMNS: tuple[str, ...] = CRITEO_COLUMNS  # the layout the loader reads for data.format=criteo
+LABEL = COLUMNS[0]
+DENSE_COLUMNS: tuple[str, ...] = COLUMNS[1:14]  # I1..I13
+CATEGORICAL_COLUMNS: tuple[str, ...] = COLUMNS[14:]  # C1..C26
 
 ARROW_SCHEMA = pa.schema(
     [pa.field(LABEL, pa.int8())]
