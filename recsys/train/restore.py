@@ -20,7 +20,7 @@ from torch import nn
 
 from recsys.config import ConfigError, Schema, TrainConfig, TrainerConfig
 from recsys.data.progress import EpochProgress
-from recsys.distributed.env import DistEnv, broadcast_object
+from recsys.distributed.env import DistEnv
 from recsys.train.checkpoint import (
     ResumePoint,
     load_checkpoint,
@@ -58,11 +58,10 @@ def restore(
             "weights. Set one of them."
         )
     if trainer.resume:
-        # Rank 0 picks the folder, so all ranks load the same one even as new ones appear.
-        path = broadcast_object(
-            str(resolve_checkpoint(trainer.resume, Path(trainer.checkpoint.search_dir))), env
-        )
-        return load_checkpoint(Path(path), model, optimizer, schema, env, trainer.seed), None
+        # load_checkpoint takes rank 0's folder, so all ranks load the same one even as new
+        # ones appear.
+        path = resolve_checkpoint(trainer.resume, Path(trainer.checkpoint.search_dir))
+        return load_checkpoint(path, model, optimizer, schema, env, trainer.seed), None
     if trainer.warm_start:
         return None, warm_start(
             trainer.warm_start, model, schema, env, trainer.warm_start_skip_mismatched
