@@ -226,5 +226,5 @@ def read_parquet_unit(
             table = pa.Table.from_batches([block])
             for c in columns:
                 if c not in names:
-                    table = table.append_column(c, pa.array([partition[c]] * block.num_rows))
+                    table = table.append_column(c, pa.repeat(partition[c], block.num_rows))
             yield table.select(columns)
