@@ -19,8 +19,7 @@ import torch
 
 from recsys.config import ConfigError, Pooling, ResolvedLookup, Schema, Tower
 from recsys.data.featurize import IN_MEMORY, FeatureArrays, RecordOrigin, featurize
-from recsys.export.manifest import MANIFEST_FILE as MANIFEST_NAME
-from recsys.export.manifest import ExportError, Manifest
+from recsys.export.manifest import MANIFEST_FILE, ExportError, Manifest
 from recsys.model.combine import combine_pooled
 from recsys.model.registry import build_head, head_config_from_dict
 
@@ -163,7 +162,7 @@ def _head_config(manifest: Manifest):
     try:
         return head_config_from_dict(manifest.dense["architecture"], manifest.dense["head_config"])
     except ConfigError as e:
-        raise ExportError(f"{MANIFEST_NAME}: {e}") from e
+        raise ExportError(f"{MANIFEST_FILE}: {e}") from e
 
 
 def _tower_schema(schema: Schema, side: Tower) -> Schema:
