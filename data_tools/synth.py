@@ -52,6 +52,9 @@ HEAD_RANKS = 10_000
 """Ranks whose Zipf weights are summed exactly; the tail uses the integral of x^-s."""
 
 P_TRUE = "p_true"
+PARQUET_SCHEMA = ARROW_SCHEMA.append(pa.field(P_TRUE, pa.float64()))
+"""The Criteo columns plus `p_true`: what a block holds and what Parquet output stores."""
+
 _AUC_BINS = 1 << 16
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 _M32 = np.uint64(0xFFFFFFFF)
@@ -307,8 +310,9 @@ class PlantedModel:
         p_true = 1.0 / (1.0 + np.exp(-logit))
         labels = (rng.random(n) < p_true).astype(np.int8)
         arrays = [_numeric(labels, pa.int8()), *(columns[c] for c in ARROW_SCHEMA.names[1:])]
-        schema = ARROW_SCHEMA.append(pa.field(P_TRUE, pa.float64()))
-        return pa.Table.from_arrays([*arrays, _numeric(p_true, pa.float64())], schema=schema)
+        return pa.Table.from_arrays(
+            [*arrays, _numeric(p_true, pa.float64())], schema=PARQUET_SCHEMA
+        )
 
     def _id_effects(self, ranks: list[np.ndarray]) -> np.ndarray:
         seed = self.options.model_seed
@@ -362,8 +366,7 @@ def _write_file(
 ) -> None:
     """Write the next `rows` rows of `stream` to one file (Parquet with p_true, or TSV)."""
     if options.format is OutputFormat.parquet:
-        schema = ARROW_SCHEMA.append(pa.field(P_TRUE, pa.float64()))
-        writer = pq.ParquetWriter(tmp, schema, compression="zstd")
+        writer = pq.ParquetWriter(tmp, PARQUET_SCHEMA, compression="zstd")
         chunk = options.row_group_rows
     else:
         sink = (
