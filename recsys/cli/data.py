@@ -20,7 +20,6 @@ from pathlib import Path
 
 EXIT_ERROR = 2
 """Exit status when the input, the options or the data could not be used."""
-EXIT_FETCH_ERROR = EXIT_ERROR  # the name the movielens command and its tests use
 
 logger = logging.getLogger(__name__)
 
