@@ -37,10 +37,6 @@ def delimiter(fmt: SourceFormat) -> str:
     return "," if fmt.format is DataFormat.csv else "\t"
 
 
-def has_header(fmt: SourceFormat) -> bool:
-    return fmt.header and fmt.format is not DataFormat.criteo
-
-
 def fixed_columns(fmt: SourceFormat) -> tuple[str, ...] | None:
     """Column names when files have no header line (None: each file's header names them)."""
     if fmt.format is DataFormat.criteo:
