@@ -95,7 +95,7 @@ class Checkpointer:
             raise ConfigError(f"trainer.checkpoint.keep_last={keep_last}: keep at least 1.")
         self.output_dir, self.every_n_steps = Path(output_dir), every_n_steps
         self.at_epoch_end, self.keep_last = at_epoch_end, keep_last
-        self._save = save
+        self._save = save  # called with output_dir, step, epoch, progress, keep_last by name
         self.last_saved_step: int | None = None
         self.saved: list[Path] = []
 
@@ -116,7 +116,14 @@ class Checkpointer:
     def _write(self, step: int, epoch: int, progress: Any) -> None:
         if step == 0 or step == self.last_saved_step:
             return  # nothing trained yet, or this step is saved already
-        self.saved.append(self._save(self.output_dir, step, epoch, progress, self.keep_last))
+        saved = self._save(
+            output_dir=self.output_dir,
+            step=step,
+            epoch=epoch,
+            progress=progress,
+            keep_last=self.keep_last,
+        )
+        self.saved.append(saved)
         self.last_saved_step = step
 
 
@@ -130,27 +137,11 @@ def checkpointer(
 ) -> Checkpointer:
     """Saves as `trainer.checkpoint` says into `<output_dir>/checkpoints/`."""
     options = cfg.trainer.checkpoint
-    save = partial(_save, model=model, optimizer=optimizer, schema=schema, cfg=cfg, env=env)
+    save = partial(
+        save_checkpoint, model=model, optimizer=optimizer, schema=schema, config=cfg, env=env
+    )
     return Checkpointer(
         output_dir, options.every_n_steps, options.at_epoch_end, options.keep_last, save
-    )
-
-
-def _save(
-    output_dir: Path,
-    step: int,
-    epoch: int,
-    progress: EpochProgress | None,
-    keep_last: int,
-    *,
-    model: nn.Module,
-    optimizer: Any,
-    schema: Schema,
-    cfg: TrainConfig,
-    env: DistEnv,
-) -> Path:
-    return save_checkpoint(
-        output_dir, model, optimizer, step, epoch, progress, schema, cfg, env, keep_last
     )
 
 
