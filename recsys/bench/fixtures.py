@@ -12,6 +12,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from data_tools.arrow_io import atomic_path
 from data_tools.synth import OutputFormat, SynthOptions, write_synthetic
 from recsys.cli.train import load_config
 from recsys.config import TrainConfig
@@ -55,15 +56,12 @@ def big_tsv(source: Path, target_bytes: int, root: Path = BENCH_DIR) -> Path:
     out = root / f"big_{copies * one_pass >> 20}MiB" / "part-00000.tsv"
     if out.exists() and out.stat().st_size == copies * one_pass:
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
     log.info("writing %d copies of %s (%d MiB) to %s", copies, source, one_pass >> 20, out)
-    with tmp.open("wb") as sink:
+    with atomic_path(out) as tmp, tmp.open("wb") as sink:
         for _ in range(copies):
             for part in parts:
                 with part.open("rb") as f:
                     shutil.copyfileobj(f, sink, 1 << 24)
-    tmp.rename(out)
     return out
 
 
