@@ -332,10 +332,14 @@ def _restore_rng(trainer_state: dict[str, Any], env: DistEnv, seed: int) -> None
 
 
 def reseed(seed: int, step: int, rank: int) -> None:
-    derived = int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
-    random.seed(derived)
-    np.random.seed(derived)
-    torch.manual_seed(derived)
+    seed_everything(int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0]))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def _all_gather(obj: Any, env: DistEnv) -> list[Any]:

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -29,7 +27,7 @@ from recsys.distributed.sharding import attach_sparse_optimizer, full_state_dict
 from recsys.export.writer import write_export
 from recsys.model.click import build_model
 from recsys.tracking import Tracker, open_tracker
-from recsys.train.checkpoint import ResumePoint
+from recsys.train.checkpoint import ResumePoint, seed_everything
 from recsys.train.evaluator import Evaluator
 from recsys.train.loop import Evaluation, MetricsSink, TrainState, evaluate, train_epoch
 from recsys.train.optim import LRScheduler, dense_optimizer_factory, estimated_total_steps
@@ -87,7 +85,7 @@ class _Parts:
 
 def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
     configure_determinism(cfg.trainer)
-    _seed_everything(cfg.trainer.seed)
+    seed_everything(cfg.trainer.seed)
     schema = resolve_schema(cfg.data, cfg.model.embedding_dim)
     output_dir = Path(broadcast_object(str(Path(cfg.output_dir).resolve()), env))
     train_data, eval_data = datasets(cfg, schema, env)
@@ -346,12 +344,6 @@ def _export(
         output_dir / cfg.export.subdir, schema, inner.head_config, state, provenance
     )
     tracker.log_artifacts(result.export_dir, "export")
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 __all__ = ["TrainResult", "run"]
