@@ -81,6 +81,15 @@ def broadcast_object(obj: Any, env: DistEnv) -> Any:
     return box[0]
 
 
+def gather_objects(obj: Any, env: DistEnv) -> list[Any]:
+    """Every rank's value of `obj`, in rank order, on every rank."""
+    if env.world_size == 1:
+        return [obj]
+    parts: list[Any] = [None] * env.world_size
+    dist.all_gather_object(parts, obj)
+    return parts
+
+
 def lockstep(items: Iterable[T], padding: T, env: DistEnv) -> Iterator[T]:
     """Yield local items until every rank is exhausted, `padding` once this one is.
 

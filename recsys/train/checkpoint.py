@@ -38,7 +38,7 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 
 from recsys.config import ConfigError, Schema
-from recsys.distributed.env import DistEnv, broadcast_object
+from recsys.distributed.env import DistEnv, broadcast_object, gather_objects
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +103,8 @@ def save_checkpoint(
         dcp.save(
             {"model": model.state_dict(), "optim": optimizer.state_dict()}, checkpoint_id=staging
         )
-    progress_parts = _all_gather(progress.state_dict() if progress is not None else None, env)
-    rng_states = _all_gather(_rng_state(), env)
+    progress_parts = gather_objects(progress.state_dict() if progress is not None else None, env)
+    rng_states = gather_objects(_rng_state(), env)
     if env.is_main:
         merged = _merge_progress(progress, progress_parts)
         trainer_state = {
@@ -340,14 +340,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _all_gather(obj: Any, env: DistEnv) -> list[Any]:
-    if env.world_size == 1:
-        return [obj]
-    parts: list[Any] = [None] * env.world_size
-    dist.all_gather_object(parts, obj)
-    return parts
 
 
 @contextmanager

@@ -18,7 +18,7 @@ from recsys.config import Schema, TrainerConfig
 from recsys.data.batch import Batch
 from recsys.data.loader import StreamingDataset, make_loader
 from recsys.data.progress import EpochProgress
-from recsys.distributed.env import DistEnv, lockstep
+from recsys.distributed.env import DistEnv, gather_objects, lockstep
 from recsys.metrics import BinaryMetrics, MetricAccumulator
 from recsys.train.optim import LRScheduler
 from recsys.train.steppers import Stepper, TakenBatches, make_stepper
@@ -125,11 +125,7 @@ def _log_epoch_data(state: TrainState, env: DistEnv, sink: MetricsSink) -> None:
     shortened epoch is visible in MLflow (`data.on_bad_row=skip` drops rows, never silently)."""
     if state.progress is None:
         return
-    parts = [state.progress]
-    if env.world_size > 1:
-        parts = [None] * env.world_size
-        dist.all_gather_object(parts, state.progress)
-    merged = EpochProgress.merge(parts)
+    merged = EpochProgress.merge(gather_objects(state.progress, env))
     metrics = {"data/rows_trained": float(merged.rows)}
     metrics["data/bad_rows"] = float(sum(merged.bad_rows.values()))
     metrics |= {f"data/bad_rows/{reason}": float(n) for reason, n in merged.bad_rows.items()}
