@@ -2,6 +2,8 @@
 
 Hydra composes YAML from `conf/` on top of these dataclasses (registered in the ConfigStore by
 `register_configs`), so a misspelt key fails at composition instead of being silently ignored.
+Every choice is a StrEnum with lower-case members, so a misspelt value fails there too, naming
+the key and the valid values. Checks across fields and ranges live in `recsys.train.validate`.
 Nothing below `recsys/cli/` sees a DictConfig.
 
 The feature schema (`DataConfig.features` + `DataConfig.tables`) is the single source of truth:
@@ -10,11 +12,8 @@ the loader, the model, the export manifest and the serving scorer are all built 
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
 
 from omegaconf import MISSING
 
@@ -45,7 +44,7 @@ class Pooling(StrEnum):
 
 
 class TableHashing(StrEnum):
-    """How ids reach a table's rows (README, "Hashing options"; `recsys.lookups`)."""
+    """How ids reach a table's rows (README, "Hashing options"; `recsys.schema.expand`)."""
 
     plain = "plain"  # one hash into num_buckets rows
     double = "double"  # a second hash (second seed) as well, into this or a second table; summed
@@ -57,14 +56,6 @@ class Combine(StrEnum):
 
     sum = "sum"
     product = "product"  # elementwise; hashing=qr on single-id features only
-
-
-class LookupPart(StrEnum):
-    """Which row of a physical table a lookup reads, from b = 1 + hash mod (hash_buckets - 1)."""
-
-    bucket = "bucket"  # b itself
-    quotient = "quotient"  # 1 + (b - 1) // divisor
-    remainder = "remainder"  # 1 + (b - 1) % divisor
 
 
 class Tower(StrEnum):
@@ -88,6 +79,66 @@ class OnBadRow(StrEnum):
 
     fail = "fail"
     skip = "skip"
+
+
+class ModelName(StrEnum):
+    """The architectures `model.name` picks; `recsys.model.registry` maps each to its head."""
+
+    dlrm = "dlrm"
+    dcn = "dcn"
+    mf = "mf"
+
+
+class DCNStructure(StrEnum):
+    """How model=dcn joins its cross network and its deep part."""
+
+    stacked = "stacked"  # cross -> over arch
+    parallel = "parallel"  # cross || over arch, both on x0
+
+
+class Device(StrEnum):
+    cpu = "cpu"  # gloo process group, FBGEMM CPU kernels
+    cuda = "cuda"  # NCCL process group, one GPU per process
+
+
+class DenseOptimizer(StrEnum):
+    adamw = "adamw"
+    adam = "adam"
+    sgd = "sgd"
+    adagrad = "adagrad"
+
+
+class SparseOptimizer(StrEnum):
+    """Fused into the embedding backward by FBGEMM (`recsys.distributed.sharding`)."""
+
+    rowwise_adagrad = "rowwise_adagrad"
+    adagrad = "adagrad"
+    adam = "adam"  # CUDA only: FBGEMM's CPU kernels have no fused Adam
+    sgd = "sgd"
+
+
+class LRDecay(StrEnum):
+    none = "none"
+    linear = "linear"
+    cosine = "cosine"
+    step = "step"  # x step_gamma every step_every steps
+
+
+class StoppingMetric(StrEnum):
+    auc = "auc"  # higher is better
+    log_loss = "log_loss"  # lower is better
+    ne = "ne"  # lower is better
+
+
+class ShardingType(StrEnum):
+    """auto: the planner chooses per table; any other forces that TorchRec type on every table."""
+
+    auto = "auto"
+    table_wise = "table_wise"
+    column_wise = "column_wise"
+    row_wise = "row_wise"
+    table_column_wise = "table_column_wise"
+    data_parallel = "data_parallel"
 
 
 @dataclass
@@ -148,7 +199,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "dlrm"
+    name: ModelName = ModelName.dlrm
     embedding_dim: int = 16
     dense_arch: list[int] = field(default_factory=lambda: [32])  # hidden sizes; -> embedding_dim
     over_arch: list[int] = field(default_factory=lambda: [64, 32])  # hidden sizes; -> 1 logit
@@ -158,7 +209,7 @@ class ModelConfig:
     # model=dcn: cross layers x_{l+1} = x0 * (W x_l + b) + x_l on concat(dense, embeddings)
     cross_layers: int = 2
     low_rank: int | None = None  # W = U V^T with this rank; None: full rank
-    structure: str = "stacked"  # stacked: cross -> over arch | parallel: cross || over arch
+    structure: DCNStructure = DCNStructure.stacked  # model=dcn only
 
 
 @dataclass
@@ -180,7 +231,7 @@ class LRScheduleConfig:
     """
 
     warmup_steps: int = 0
-    decay: str = "none"  # none | linear | cosine | step
+    decay: LRDecay = LRDecay.none
     decay_steps: int | None = None  # None: the run's estimated total steps minus warmup
     min_lr_ratio: float = 0.0  # floor of the factor (linear, cosine, step)
     step_every: int = 1000  # decay=step: multiply by step_gamma every this many steps
@@ -192,25 +243,25 @@ class EarlyStoppingConfig:
     """Stop when the validation metric has not improved for `patience` evaluations."""
 
     enabled: bool = False
-    metric: str = "auc"  # auc (higher is better) | log_loss | ne (lower is better)
+    metric: StoppingMetric = StoppingMetric.auc
     patience: int = 3  # evaluations without improvement before stopping
     min_delta: float = 0.0  # an improvement smaller than this does not count
 
 
 @dataclass
 class TrainerConfig:
-    device: str = "cpu"  # cpu (gloo) | cuda (nccl)
+    device: Device = Device.cpu
     epochs: int = 3
     max_steps: int | None = None  # stop after this many steps, whatever the epoch count
     batch_size: int = 512
     eval_batch_size: int = 4096
-    optimizer: str = "adamw"  # dense optimizer: adamw | adam | sgd | adagrad
+    optimizer: DenseOptimizer = DenseOptimizer.adamw
     lr: float = 1e-3  # dense optimizer
     weight_decay: float = 0.0  # dense optimizer
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam, adamw
     momentum: float = 0.0  # sgd
     lr_schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
-    sparse_optimizer: str = "rowwise_adagrad"  # rowwise_adagrad | adagrad | adam | sgd
+    sparse_optimizer: SparseOptimizer = SparseOptimizer.rowwise_adagrad
     sparse_lr: float = 0.01
     first_order_lr: float | None = None  # per-id bias tables; None: sparse_lr
     sparse_weight_decay: float = 0.0
@@ -246,9 +297,7 @@ class TrackingConfig:
 
 @dataclass
 class ShardingConfig:
-    # auto (the planner chooses per table) | table_wise | column_wise | row_wise |
-    # table_column_wise | data_parallel (forced on every table)
-    type: str = "auto"
+    type: ShardingType = ShardingType.auto
 
 
 @dataclass
@@ -275,240 +324,3 @@ def register_configs() -> None:
     # Group files (conf/data/*.yaml, ...) merge into the typed fields of TrainConfig, so they
     # are checked against DataConfig, ModelConfig, ... without naming a schema themselves.
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
-
-
-# ---------------------------------------------------------------------------- schema resolution
-
-
-@dataclass(frozen=True)
-class ResolvedTable:
-    name: str
-    num_buckets: int
-    embedding_dim: int
-    pooling: Pooling
-    features: tuple[str, ...]  # the lookup keys that read it (feature names for plain tables)
-
-
-@dataclass(frozen=True)
-class ResolvedLookup:
-    """One read of a physical table by a feature: a KeyedJaggedTensor key and its hash rule.
-
-    A plain table gives each feature one lookup keyed by the feature's name; double hashing
-    and the quotient-remainder trick give two, whose pooled embeddings `combine` joins.
-    """
-
-    key: str
-    feature: str
-    table: str  # physical table
-    seed: int  # mmh3 seed
-    hash_buckets: int  # b = 1 + mmh3(id, seed) mod (hash_buckets - 1); 0 for missing ids
-    part: LookupPart = LookupPart.bucket
-    divisor: int = 1  # quotient / remainder: b - 1 divided by this
-    combine: Combine = Combine.sum
-
-
-@dataclass(frozen=True)
-class ResolvedFeature:
-    name: str
-    kind: FeatureKind
-    column: str
-    table: str | None
-    seed: int
-    transform: DenseTransform
-    delimiter: str | None
-    dropout: float = 0.0
-    mean: float = 0.0
-    std: float = 1.0
-    tower: Tower | None = None
-    clip_min: float | None = None
-    clip_max: float | None = None
-
-
-@dataclass(frozen=True)
-class Schema:
-    """The feature schema with every default filled in and every cross-reference checked.
-
-    Order matters and is fixed: features in declaration order, tables in order of first use.
-    The model's feature axis, the KeyedJaggedTensor keys and the export all follow it.
-    """
-
-    label: LabelSpec
-    features: tuple[ResolvedFeature, ...]
-    tables: tuple[ResolvedTable, ...]  # physical tables
-    lookups: tuple[ResolvedLookup, ...] = ()  # feature order; () = one plain lookup per feature
-
-    def __post_init__(self) -> None:
-        if not self.lookups:  # a schema from before per-table hashing options: all plain
-            plain = tuple(
-                ResolvedLookup(f.name, f.name, f.table, f.seed, self.table(f.table).num_buckets)
-                for f in self.sparse_features
-            )
-            object.__setattr__(self, "lookups", plain)
-
-    def lookups_of(self, feature: str) -> tuple[ResolvedLookup, ...]:
-        return tuple(lk for lk in self.lookups if lk.feature == feature)
-
-    @property
-    def lookup_keys(self) -> list[str]:
-        """The KeyedJaggedTensor keys, in order (== sparse feature names when all plain)."""
-        return [lk.key for lk in self.lookups]
-
-    def restrict(self, feature_names: set[str]) -> Schema:
-        """The schema of some features only, with their lookups and the tables those read."""
-        lookups = tuple(lk for lk in self.lookups if lk.feature in feature_names)
-        used = {lk.table for lk in lookups}
-        return Schema(
-            label=self.label,
-            features=tuple(f for f in self.features if f.name in feature_names),
-            tables=tuple(t for t in self.tables if t.name in used),
-            lookups=lookups,
-        )
-
-    @property
-    def dense_features(self) -> tuple[ResolvedFeature, ...]:
-        return tuple(f for f in self.features if f.kind is FeatureKind.dense)
-
-    @property
-    def sparse_features(self) -> tuple[ResolvedFeature, ...]:
-        return tuple(f for f in self.features if f.kind is not FeatureKind.dense)
-
-    def table(self, name: str) -> ResolvedTable:
-        """A physical table by name (a qr table `t` becomes `t__q` and `t__r`)."""
-        found = [t for t in self.tables if t.name == name]
-        if not found:
-            raise KeyError(f"no physical table {name!r}; tables: {[t.name for t in self.tables]}")
-        return found[0]
-
-    @property
-    def columns(self) -> list[str]:
-        """Every source column the schema reads, label first, without repeats."""
-        cols = [self.label.column] + [f.column for f in self.features]
-        return list(dict.fromkeys(cols))
-
-    def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self), default=lambda e: e.value))
-
-    def fingerprint(self) -> str:
-        """A short hash of everything that decides how raw rows map to table rows."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
-
-    @staticmethod
-    def from_dict(d: dict[str, Any]) -> Schema:
-        return Schema(
-            label=LabelSpec(**d["label"]),
-            features=tuple(
-                ResolvedFeature(
-                    **{
-                        **f,
-                        "kind": FeatureKind(f["kind"]),
-                        "transform": DenseTransform(f["transform"]),
-                        "tower": Tower(f["tower"]) if f.get("tower") else None,
-                    }
-                )
-                for f in d["features"]
-            ),
-            tables=tuple(
-                ResolvedTable(
-                    **{**t, "pooling": Pooling(t["pooling"]), "features": tuple(t["features"])}
-                )
-                for t in d["tables"]
-            ),
-            lookups=tuple(
-                ResolvedLookup(
-                    **{**lk, "part": LookupPart(lk["part"]), "combine": Combine(lk["combine"])}
-                )
-                for lk in d.get("lookups", ())
-            ),
-        )
-
-
-def resolve_schema(data: DataConfig, default_dim: int) -> Schema:
-    """Fill defaults and check the schema; errors name the offending `data.*` key."""
-    if not data.features:
-        raise ConfigError("data.features is empty: declare at least one feature in conf/data/.")
-    features = tuple(_resolve_feature(name, spec) for name, spec in data.features.items())
-    if not any(f.kind is not FeatureKind.dense for f in features):
-        raise ConfigError(
-            "data.features has no sparse (id / id_list) feature; the model needs one."
-        )
-    users: dict[str, list[str]] = {}
-    for f in features:
-        if f.table is not None:
-            users.setdefault(f.table, []).append(f.name)
-    for name in data.tables:
-        if name not in users:
-            raise ConfigError(
-                f"data.tables.{name} is fed by no feature; remove it or point a feature's `table` at it."
-            )
-    tables = tuple(
-        _resolve_table(name, data.tables.get(name), fs, default_dim) for name, fs in users.items()
-    )
-    # Deferred: recsys.lookups builds on the types defined here.
-    from recsys.lookups import expand_tables
-
-    physical, lookups = expand_tables(tables, data.tables, features)
-    return Schema(label=data.label, features=features, tables=physical, lookups=lookups)
-
-
-def _resolve_feature(name: str, spec: FeatureSpec) -> ResolvedFeature:
-    dense = spec.kind is FeatureKind.dense
-    if dense and spec.table is not None:
-        raise ConfigError(f"data.features.{name}: a dense feature feeds no table; drop `table`.")
-    if spec.delimiter is not None and spec.kind is not FeatureKind.id_list:
-        raise ConfigError(f"data.features.{name}: `delimiter` only applies to kind=id_list.")
-    if spec.std <= 0:
-        raise ConfigError(f"data.features.{name}.std={spec.std}: must be > 0.")
-    _check_clip(name, spec, dense)
-    if not 0.0 <= spec.dropout < 1.0 or (dense and spec.dropout):
-        raise ConfigError(
-            f"data.features.{name}.dropout={spec.dropout}: need 0 <= dropout < 1, sparse features only."
-        )
-    return ResolvedFeature(
-        name=name,
-        kind=spec.kind,
-        column=spec.column or name,
-        table=None if dense else (spec.table or name),
-        seed=int(spec.seed),
-        transform=spec.transform,
-        delimiter=spec.delimiter,
-        dropout=float(spec.dropout),
-        mean=float(spec.mean),
-        std=float(spec.std),
-        tower=spec.tower,
-        clip_min=None if spec.clip_min is None else float(spec.clip_min),
-        clip_max=None if spec.clip_max is None else float(spec.clip_max),
-    )
-
-
-def _check_clip(name: str, spec: FeatureSpec, dense: bool) -> None:
-    bounds = (spec.clip_min, spec.clip_max)
-    if bounds == (None, None):
-        return
-    if not dense:
-        raise ConfigError(f"data.features.{name}: clip_min/clip_max apply to kind=dense only.")
-    if None not in bounds and spec.clip_min > spec.clip_max:
-        raise ConfigError(
-            f"data.features.{name}: clip_min={spec.clip_min} > clip_max={spec.clip_max}."
-        )
-
-
-def _resolve_table(
-    name: str, spec: TableSpec | None, features: list[str], default_dim: int
-) -> ResolvedTable:
-    if spec is None:
-        raise ConfigError(
-            f"feature(s) {features} feed table '{name}', but data.tables.{name} is not declared; "
-            f"add it with its num_buckets."
-        )
-    if spec.num_buckets < 2:
-        raise ConfigError(
-            f"data.tables.{name}.num_buckets={spec.num_buckets}: need >= 2 (bucket 0 is reserved for missing ids)."
-        )
-    dim = spec.embedding_dim or default_dim
-    if dim % 4 != 0:
-        # FBGEMM's sharded kernels require a multiple of 4 columns per shard.
-        raise ConfigError(
-            f"embedding dim {dim} for table '{name}' is not a multiple of 4 (FBGEMM needs it); set model.embedding_dim or data.tables.{name}.embedding_dim."
-        )
-    return ResolvedTable(name, int(spec.num_buckets), dim, spec.pooling, tuple(features))

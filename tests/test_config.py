@@ -7,31 +7,36 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from recsys.cli.overrides import check_overrides
-from recsys.cli.train import CONF_DIR, load_config
+from recsys.compose import conf_dir, load_config
 from recsys.config import (
     ConfigError,
     DataConfig,
+    Device,
     FeatureKind,
     FeatureSpec,
     TableSpec,
     TrainConfig,
-    resolve_schema,
 )
+from recsys.schema import resolve_schema
+from recsys.train.validate import validate
 
 GROUPS = ["data", "model", "trainer", "tracking", "sharding"]
 
 
 def _options(group: str) -> list[str]:
-    return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
+    return sorted(p.stem for p in (Path(conf_dir()) / group).glob("*.yaml"))
 
 
 @pytest.mark.parametrize(("group", "option"), [(g, o) for g in GROUPS for o in _options(g)])
 def test_every_group_option_composes_to_typed_config(group: str, option: str) -> None:
     cfg = load_config([f"{group}={option}"])
     assert isinstance(cfg, TrainConfig)
-    schema = resolve_schema(cfg.data, cfg.model.embedding_dim)
+    if cfg.trainer.device == Device.cuda and not torch.cuda.is_available():
+        cfg.trainer.device = Device.cpu  # trainer=gpu: every other value is checked here too
+    schema = validate(cfg)
     assert schema.sparse_features, "every data config must declare sparse features"
     assert all(t.num_buckets >= 2 for t in schema.tables)
 
@@ -129,7 +134,7 @@ def test_schema_errors_name_the_key(tables: dict, match: str) -> None:
 
 def test_schema_round_trips_through_dict() -> None:
     schema = resolve_schema(load_config([]).data, 16)
-    from recsys.config import Schema
+    from recsys.schema import Schema
 
     assert Schema.from_dict(schema.to_dict()) == schema
     assert Schema.from_dict(schema.to_dict()).fingerprint() == schema.fingerprint()

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from recsys.cli.train import load_config
+from recsys.compose import load_config
 from recsys.export.scorer import Scorer
 from recsys.metrics import auc
 from recsys.train.recipe import run

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
-from recsys.cli.train import load_config
+from recsys.compose import load_config
 from recsys.export.manifest import ExportError, Manifest
 from recsys.export.scorer import Scorer
 from recsys.train.recipe import TrainResult, run
@@ -81,7 +81,8 @@ def test_recsys_score_cli_on_csv_without_torchrec(trained, tmp_path: Path) -> No
     )
     code = BLOCK_TORCHREC + "from recsys.cli.score import main; sys.exit(main(sys.argv[1:]))"
     proc = subprocess.run(
-        [sys.executable, "-c", code, str(result.export_dir), str(csv_path), str(out)],
+        [sys.executable, "-c", code, str(result.export_dir), str(csv_path), str(out)]
+        + ["--format", "csv"],  # trained on Parquet: the manifest says parquet
         capture_output=True,
         text=True,
         timeout=120,

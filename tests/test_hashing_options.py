@@ -13,7 +13,7 @@ import pytest
 import torch
 from torchrec import KeyedJaggedTensor
 
-from recsys.cli.train import load_config
+from recsys.compose import load_config
 from recsys.config import (
     Combine,
     ConfigError,
@@ -21,11 +21,8 @@ from recsys.config import (
     FeatureKind,
     FeatureSpec,
     LabelSpec,
-    LookupPart,
-    Schema,
     TableHashing,
     TableSpec,
-    resolve_schema,
 )
 from recsys.data.batch import Batch
 from recsys.data.featurize import featurize
@@ -33,6 +30,7 @@ from recsys.export.manifest import Manifest
 from recsys.export.scorer import Scorer
 from recsys.hashing import MISSING_BUCKET, hash_id, second_seed
 from recsys.model.sparse import SparseArch
+from recsys.schema import LookupPart, Schema, resolve_schema
 from recsys.train.recipe import TrainResult, run
 from tests.synthetic import write_tiny_log
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from data_tools.arrow_io import atomic_path
 from data_tools.synth import OutputFormat, SynthOptions, write_synthetic
-from recsys.cli.train import load_config
+from recsys.compose import load_config
 from recsys.config import TrainConfig
 
 log = logging.getLogger(__name__)

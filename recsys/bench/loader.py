@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 
 from recsys.bench.fixtures import BenchData, criteo_config, criteo_logs
-from recsys.config import TrainConfig, TrainerConfig, resolve_schema
+from recsys.config import TrainConfig, TrainerConfig
 from recsys.data.loader import LoaderOptions, StreamingDataset, make_loader
 from recsys.data.source import SourceFormat
+from recsys.schema import resolve_schema
 
 FORMATS = {"parquet": "parquet", "tsv": "criteo"}  # bench file kind -> data.format
 

@@ -3,7 +3,7 @@
     .venv/bin/python -m recsys.bench.training [--rows N] [--steps N] [--rounds N]
 
 Both runs train the same model (data=criteo, default model and trainer settings, the default
-`trainer.num_workers`) through the same `train_epoch`; only where the batches come from
+`trainer.num_workers`) through the same `Epoch` loop; only where the batches come from
 differs. Rounds alternate (memory, loader, memory, loader, ...) so that drift of a noisy
 machine hits both sides alike; the report gives the median of each and their ratio
 (loader / memory; the target is >= 0.9: training should not wait on data).
@@ -19,12 +19,13 @@ from itertools import islice
 from torch.utils.data import IterableDataset
 
 from recsys.bench.fixtures import criteo_config, criteo_logs
-from recsys.config import TrainConfig, resolve_schema
+from recsys.config import TrainConfig
 from recsys.data.batch import Batch
 from recsys.data.loader import LoaderOptions, StreamingDataset, make_loader
 from recsys.data.progress import EpochProgress
 from recsys.distributed.env import init_distributed, shutdown_distributed
-from recsys.train.loop import TrainState, train_epoch
+from recsys.schema import resolve_schema
+from recsys.train.loop import Epoch, TrainJob, TrainState
 from recsys.train.recipe import build_training, datasets
 
 
@@ -64,15 +65,18 @@ def bench_training(cfg: TrainConfig, steps: int, rounds: int) -> dict:
     env = init_distributed(cfg.trainer.device)
     try:
         schema = resolve_schema(cfg.data, cfg.model.embedding_dim)
-        real, _ = datasets(cfg, schema, env)
+        real = datasets(cfg, schema, env).train
         memory = premade(real, steps)
-        model, optimizer, _ = build_training(cfg, schema, env)
+        training = build_training(cfg, schema, env)
         cfg.trainer.max_steps = steps  # TrainState starts at step 0 in every run
+        job = TrainJob(training.model, training.optimizer, schema, cfg.trainer, env)
 
         def one_run(dataset) -> float:
             state = TrainState()
-            sink = lambda metrics, step: None  # noqa: E731 - nothing is tracked here
-            train_epoch(model, optimizer, dataset, schema, cfg.trainer, env, state, sink)
+            with Epoch(job, dataset, state) as epoch:
+                for _ in epoch:
+                    pass  # nothing is tracked here
+            epoch.end()
             return state.samples_per_second
 
         one_run(memory)  # warm-up: first steps allocate and fault in the tables

@@ -187,9 +187,10 @@ def _criteo(args: argparse.Namespace) -> None:
 
 def _stats(args: argparse.Namespace) -> None:
     from recsys.cli.overrides import check_overrides
-    from recsys.cli.train import load_config
-    from recsys.config import ConfigError, resolve_schema
+    from recsys.compose import load_config
+    from recsys.config import ConfigError
     from recsys.data.stats import StatsOptions, compute_stats, format_table
+    from recsys.schema import resolve_schema
 
     problem = check_overrides(args.overrides)
     if problem:

@@ -1,7 +1,8 @@
-"""Checking command-line overrides against the typed config before Hydra composes it.
+"""Reading `recsys-train` arguments before Hydra acts on them.
 
 Hydra rejects an unknown key, but without saying which keys exist. Users misspell keys all
-the time (`trainer.lrr=0.1`), so this names the valid ones.
+the time (`trainer.lrr=0.1`), so `check_overrides` names the valid ones. `single_run_args`
+picks out what the CLI composes and validates before Hydra makes a run folder.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from dataclasses import dataclass
 from typing import Any
 
 from recsys.config import TrainConfig
@@ -55,3 +57,39 @@ def _dataclass_in(hint: Any) -> Any:
             if isinstance(arg, type) and dataclasses.is_dataclass(arg):
                 return arg
     return hint  # a dict or a scalar: no typed keys below
+
+
+@dataclass(frozen=True)
+class SingleRun:
+    """The parts of a command line that decide the config of a single run."""
+
+    overrides: list[str]
+    config_dir: str | None  # --config-dir / -cd
+    name: str  # --config-name / -cn
+
+
+def single_run_args(argv: list[str]) -> SingleRun | None:
+    """What a single run composes, read with Hydra's own argument parser; None when the
+    command starts no single run (--multirun, --help, --cfg, --info, ...) or moves the primary
+    config folder (--config-path), so Hydra alone decides."""
+    from hydra._internal.utils import get_args_parser
+
+    args = get_args_parser().parse_args(argv)
+    no_single_run = (
+        args.multirun,
+        args.help,
+        args.hydra_help,
+        args.cfg,
+        args.info,
+        args.shell_completion,
+        args.experimental_rerun,
+        args.config_path,
+    )
+    if any(no_single_run) or any(_is_multirun_mode(o) for o in args.overrides):
+        return None
+    return SingleRun(list(args.overrides), args.config_dir, args.config_name or "train")
+
+
+def _is_multirun_mode(override: str) -> bool:
+    key, _, value = override.partition("=")
+    return key.lstrip("+~") == "hydra.mode" and value.strip().upper() == "MULTIRUN"

@@ -1,5 +1,8 @@
 """`recsys-score EXPORT_DIR INPUT OUTPUT`: click probabilities for raw records from an export.
 
+INPUT is read as the training data was (the export's manifest records data.format, header and
+columns); `--format` reads it as another format instead. Never guessed from the file name.
+
 With `--tower user|item` (two-tower exports, model=mf) it writes one side's vectors instead:
 OUTPUT gets a `vector` and a `bias` per input row, and INPUT needs only that side's columns.
 
@@ -13,6 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
+from recsys.config import DataFormat
 from recsys.data.featurize import DataError
 from recsys.export.manifest import ExportError
 
@@ -23,13 +27,19 @@ def main(argv: list[str] | None = None) -> int:
         "export_dir", type=Path, help="a serving export (folder with manifest.json)"
     )
     parser.add_argument(
-        "input", type=Path, help="raw records: .parquet, .csv or .tsv, same columns as training"
+        "input",
+        help="raw records (file, folder, glob or URI) with the training data's columns",
     )
     parser.add_argument(
         "output", type=Path, help="Parquet file to write, one `score` per input row, in order"
     )
     parser.add_argument(
         "--batch-rows", type=int, default=65536, help="rows scored at a time (memory bound)"
+    )
+    parser.add_argument(
+        "--format",
+        choices=[f.value for f in DataFormat],
+        help="read INPUT as this format (default: the training data's, from the manifest)",
     )
     parser.add_argument(
         "--tower",
@@ -43,9 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         scorer = Scorer(args.export_dir)
         if args.tower:
-            rows = scorer.tower_file(args.input, args.output, args.tower, args.batch_rows)
+            rows = scorer.tower_file(
+                args.input, args.output, args.tower, args.batch_rows, args.format
+            )
         else:
-            rows = scorer.score_file(args.input, args.output, args.batch_rows)
+            rows = scorer.score_file(args.input, args.output, args.batch_rows, args.format)
     except (ExportError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,4 +1,9 @@
-"""`recsys-train [hydra overrides]`: a thin Hydra entry point around `recsys.train.recipe.run`."""
+"""`recsys-train [hydra overrides]`: a thin Hydra entry point around `recsys.train.recipe.run`.
+
+Before Hydra makes its run folder, a single run composes the same config and validates it: a
+bad key or value exits 2 with one line naming it and the valid ones (no traceback, no
+outputs/ folder, no MLflow run). In a --multirun each job's `run(cfg)` validates its own.
+"""
 
 from __future__ import annotations
 
@@ -6,31 +11,48 @@ import logging
 import os
 import sys
 import warnings
-from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from recsys.cli.overrides import check_overrides
+from recsys.cli.overrides import check_overrides, single_run_args
 from recsys.cli.sweep import parent_run_id
+from recsys.compose import conf_dir, explain, load_config
 from recsys.config import ConfigError, TrainConfig, register_configs
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 log = logging.getLogger("recsys")
 
 
 def main() -> None:
     _quiet_third_party()
     register_configs()
-    problem = check_overrides(sys.argv[1:])
+    problem = check_overrides(sys.argv[1:]) or config_problem(sys.argv[1:])
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)
     _hydra_main()
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def config_problem(argv: list[str]) -> str | None:
+    """What is wrong with the config these arguments compose, or None (also for a --multirun,
+    --help, --cfg and the like, which start no single run)."""
+    args = single_run_args(argv)
+    if args is None:
+        return None
+    try:
+        config = load_config(args.overrides, config_dir=args.config_dir, config_name=args.name)
+        from recsys.train.validate import validate  # imports torch: after composition errors
+
+        validate(config)
+    except (ConfigError, OmegaConfBaseException, HydraException) as e:
+        return explain(e)
+    return None
+
+
+@hydra.main(version_base="1.3", config_path=conf_dir(), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float:
     config: TrainConfig = OmegaConf.to_object(cfg)
     config.output_dir = HydraConfig.get().runtime.output_dir
@@ -57,19 +79,6 @@ def _quiet_third_party() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"recsys\.distributed\..*")
     warnings.filterwarnings("ignore", message=r".*an autograd kernel was not registered.*")
     logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
-
-
-def load_config(overrides: list[str] | None = None, output_dir: str | None = None) -> TrainConfig:
-    """Compose conf/train.yaml with overrides, as the CLI would (for notebooks and tests)."""
-    from hydra import compose, initialize_config_dir
-
-    register_configs()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides or [])
-    config: TrainConfig = OmegaConf.to_object(cfg)
-    if output_dir is not None:
-        config.output_dir = output_dir
-    return config
 
 
 def summary(result) -> str:

@@ -9,10 +9,11 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from torchrec.streamable import Pipelineable
 
-from recsys.config import FeatureKind, Schema
+from recsys.config import FeatureKind
 from recsys.data.featurize import FeatureArrays
 from recsys.data.progress import BatchPosition
 from recsys.hashing import MISSING_BUCKET
+from recsys.schema import Schema
 
 
 @dataclass

@@ -13,9 +13,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from recsys.config import DenseTransform, FeatureKind, ResolvedFeature, ResolvedLookup, Schema
-from recsys.hashing import MISSING_BUCKET
-from recsys.lookups import lookup_ids
+from recsys.config import DenseTransform, FeatureKind
+from recsys.hashing import MISSING_BUCKET, hash_array, qr_split
+from recsys.schema import LookupPart, ResolvedFeature, ResolvedLookup, Schema
 
 
 class DataError(ValueError):
@@ -92,7 +92,8 @@ def featurize(
     _check_columns(records, schema, origin, with_labels)
     dense = np.zeros((records.num_rows, len(schema.dense_features)), dtype=np.float32)
     for i, feature in enumerate(schema.dense_features):
-        dense[:, i] = _dense_column(records.column(feature.column), feature, origin)
+        values = dense_values(records.column(feature.column), feature, origin)
+        dense[:, i] = standardize(values, feature)
     ids: dict[str, np.ndarray] = {}
     lengths: dict[str, np.ndarray] = {}
     for feature in schema.sparse_features:
@@ -140,11 +141,22 @@ def _labels(column: pa.Array | pa.ChunkedArray, schema: Schema, origin: RecordOr
     return labels.astype(np.float32)
 
 
-def _dense_column(
-    column: pa.Array | pa.ChunkedArray, feature: ResolvedFeature, origin: RecordOrigin
+DENSE_MISSING = 0.0
+"""What a missing dense value (null; "" in text) is to the model, before clip and transform."""
+
+
+def dense_values(
+    column: pa.Array | pa.ChunkedArray, feature: ResolvedFeature, origin: RecordOrigin = IN_MEMORY
 ) -> np.ndarray:
+    """A dense column as the model sees it before standardization: float64 [N].
+
+    Missing values become DENSE_MISSING, then values are clipped to [clip_min, clip_max] and
+    log1p'd (transform=log1p). Statistics suggest the feature's mean / std on exactly these
+    values (`recsys.data.stats`), so standardizing with them gives mean 0 and std 1.
+    """
     try:
-        values = pc.cast(column, pa.float64()).fill_null(0.0).to_numpy(zero_copy_only=False)
+        values = pc.cast(column, pa.float64()).fill_null(DENSE_MISSING)
+        values = values.to_numpy(zero_copy_only=False)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
         raise DataError(
             f"{origin.source}, column '{feature.column}' (dense feature '{feature.name}'): "
@@ -161,6 +173,11 @@ def _dense_column(
         values = np.clip(values, feature.clip_min, feature.clip_max)
     if feature.transform is DenseTransform.log1p:
         values = np.log1p(np.maximum(values, 0.0))
+    return values
+
+
+def standardize(values: np.ndarray, feature: ResolvedFeature) -> np.ndarray:
+    """The model's dense input: (values - mean) / std of the feature, float32."""
     return ((values - feature.mean) / feature.std).astype(np.float32)
 
 
@@ -174,7 +191,7 @@ def _sparse_column(
     if feature.kind is FeatureKind.id:
         ids = lookup_ids(column, lookups)
         return {key: (rows, np.ones(len(rows), dtype=np.int32)) for key, rows in ids.items()}
-    column = _as_list(column, feature, origin)
+    column = id_lists(column, feature, origin)
     lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False)
     ids = lookup_ids(pc.list_flatten(column), lookups)
     # A missing entry inside a list ("a||b", a null element) is no id: drop it from the bag.
@@ -187,8 +204,8 @@ def _sparse_column(
     return {key: (rows, lengths.astype(np.int32)) for key, rows in ids.items()}
 
 
-def _as_list(
-    column: pa.Array | pa.ChunkedArray, feature: ResolvedFeature, origin: RecordOrigin
+def id_lists(
+    column: pa.Array | pa.ChunkedArray, feature: ResolvedFeature, origin: RecordOrigin = IN_MEMORY
 ) -> pa.Array | pa.ChunkedArray:
     """An id list arrives as a list column (Parquet) or as delimited text (CSV, TSV)."""
     kind = column.type
@@ -203,3 +220,25 @@ def _as_list(
         f"{kind} is neither a list nor text with a delimiter; set data.features.{feature.name}.delimiter "
         f"for delimited text."
     )
+
+
+def lookup_ids(
+    values: pa.Array | pa.ChunkedArray, lookups: tuple[ResolvedLookup, ...]
+) -> dict[str, np.ndarray]:
+    """Row ids (int64, 0 = missing) of every lookup of one feature's flat id column.
+
+    Each distinct (seed, hash_buckets) is hashed once, whatever the number of lookups.
+    """
+    hashed: dict[tuple[int, int], np.ndarray] = {}
+    out: dict[str, np.ndarray] = {}
+    for lk in lookups:
+        rule = (lk.seed, lk.hash_buckets)
+        if rule not in hashed:
+            hashed[rule] = hash_array(values, lk.seed, lk.hash_buckets)
+        buckets = hashed[rule]
+        if lk.part is LookupPart.bucket:
+            out[lk.key] = buckets
+        else:
+            quotient, remainder = qr_split(buckets, lk.divisor)
+            out[lk.key] = quotient if lk.part is LookupPart.quotient else remainder
+    return out

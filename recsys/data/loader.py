@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -24,27 +24,18 @@ import pyarrow.compute as pc
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from recsys.config import ConfigError, DataFormat, FeatureKind, Schema
+from recsys.config import DataFormat
 from recsys.data.batch import Batch
 from recsys.data.featurize import RecordOrigin, RowSlicer, featurize
 from recsys.data.prefetch import ThreadPrefetcher
 from recsys.data.progress import BatchPosition, EpochProgress
-from recsys.data.rowcheck import BadRowLog, check_rows
-from recsys.data.source import (
-    SourceFormat,
-    UnitError,
-    WorkUnit,
-    assign_units,
-    plan_parquet_units,
-    read_parquet_unit,
-    resolve_files,
-)
-from recsys.data.text import ROW_ID_STRIDE, TextUnitReader, fixed_columns, plan_text_units
+from recsys.data.reader import ROW_ID_COLUMN, UNIT_COLUMN, RowReader
+from recsys.data.rowcheck import BadRowLog
+from recsys.data.source import SourceFormat, WorkUnit, assign_units
+from recsys.schema import Schema
 
 log = logging.getLogger(__name__)
 
-ROW_ID_COLUMN = "__row_id"
-UNIT_COLUMN = "__unit"
 READ_BLOCK_ROWS = 1 << 17  # rows decoded and featurized per call (Parquet)
 
 
@@ -75,16 +66,11 @@ class StreamingDataset(IterableDataset):
         super().__init__()
         self.path, self.schema, self.options = path, schema, options
         self.rank, self.world_size = rank, world_size
-        source = options.source
-        self.fs, folder, files = resolve_files(path)
-        if source.format is DataFormat.parquet:
-            self.units = plan_parquet_units(self.fs, folder, files, source.skip_bad_rows)
-        else:
-            _check_text_columns(schema, source)
-            self.units = plan_text_units(self.fs, files, source.unit_bytes)
+        # The read path stats and the serving scorer share (recsys.data.reader).
+        self.reader = RowReader(path, options.source, schema)
+        self.fs, self.units = self.reader.fs, self.reader.units
         self.epoch = 0
         self.resume: EpochProgress | None = None
-        self._id_columns = [f.column for f in schema.sparse_features if f.kind is FeatureKind.id]
 
     @property
     def num_rows(self) -> int:
@@ -165,54 +151,15 @@ class StreamingDataset(IterableDataset):
         return max(self.options.shuffle_buffer_rows, self.options.batch_size)
 
     def _unit_rows(self, unit: WorkUnit, bad: BadRowLog) -> Iterator[pa.Table]:
-        """The unit's usable rows; a unit that cannot be used at all is skipped or fails."""
-        try:
-            yield from self._checked_rows(unit, bad)
-        except UnitError as e:
-            if not bad.skip:
-                raise
-            rows = 1 if e.rows is None else e.rows
-            bad.report(e.reason, rows, lambda: f"work unit {unit.index}", str(e))
-
-    def _checked_rows(self, unit: WorkUnit, bad: BadRowLog) -> Iterator[pa.Table]:
-        """Checked rows with row and unit ids; rows already trained on (resume) left out."""
-        where, blocks, first_id = self._reader(unit)
+        """The unit's checked rows with row and unit ids; rows already trained on (resume)
+        left out. A unit that cannot be used at all is skipped or fails (RowReader)."""
         done = self.resume.recorded_ids(unit.index) if self.resume is not None else None
-        offset = 0
-        try:
-            for block in blocks(bad):
-                n = block.num_rows
-                ids = np.arange(first_id + offset, first_id + offset + n, dtype=np.int64)
-                block = block.append_column(ROW_ID_COLUMN, pa.array(ids))
-                block = block.append_column(UNIT_COLUMN, pa.array(np.full(n, unit.index)))
-                checked = check_rows(block, self.schema, lambda k, o=offset: where(o + k), bad)
-                offset += n
-                if done is not None and len(done):
-                    seen = pc.is_in(checked.column(ROW_ID_COLUMN), pa.array(done))
-                    checked = checked.filter(pc.invert(seen))
-                if checked.num_rows:
-                    yield checked
-        except (OSError, pa.ArrowException) as e:
-            raise UnitError(
-                f"{unit.path}: cannot be read ({e}). Fix or remove it, or set "
-                f"data.on_bad_row=skip.",
-                reason="unreadable_unit",
-            ) from e
-
-    def _reader(
-        self, unit: WorkUnit
-    ) -> tuple[Callable[[int], str], Callable[[BadRowLog], Iterator[pa.Table]], int]:
-        columns = self.schema.columns
-        if self.options.source.format is DataFormat.parquet:
-            return (
-                lambda k: f"{unit.path}, row {unit.file_row + k}",
-                lambda bad: read_parquet_unit(
-                    self.fs, unit, columns, self._read_rows(), self._id_columns
-                ),
-                unit.first_row_id,
-            )
-        reader = TextUnitReader(self.fs, unit, self.options.source, columns)
-        return reader.where, reader.blocks, unit.index * ROW_ID_STRIDE
+        for checked in self.reader.unit_rows(unit, bad, self._read_rows()):
+            if done is not None and len(done):
+                seen = pc.is_in(checked.column(ROW_ID_COLUMN), pa.array(done))
+                checked = checked.filter(pc.invert(seen))
+            if checked.num_rows:
+                yield checked
 
     # -- batches: featurize, attach the position --------------------------------------------
 
@@ -285,22 +232,6 @@ def _mix(buffer: list[pa.Table], rng: np.random.Generator | None) -> pa.Table:
     if rng is None:
         return table
     return table.take(pa.array(rng.permutation(table.num_rows)))
-
-
-def _check_text_columns(schema: Schema, source: SourceFormat) -> None:
-    if source.format is not DataFormat.criteo and not source.header and not source.columns:
-        raise ConfigError(
-            f"data.format={source.format.value} with data.header=false needs data.columns: "
-            f"the column names of the files, in order."
-        )
-    names = fixed_columns(source)
-    missing = [c for c in schema.columns if names is not None and c not in names]
-    if missing:
-        key = "data.columns" if source.columns else f"the {source.format.value} layout"
-        raise ConfigError(
-            f"column(s) {missing} named by the data schema are not in {key} {list(names)}. "
-            f"Fix the features' `column` in conf/data/, or data.columns."
-        )
 
 
 def _estimate_text_rows(fs, units: list[WorkUnit]) -> int:

@@ -17,12 +17,9 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from recsys.data.batch import Batch
 
 
 @dataclass(frozen=True)
@@ -46,6 +43,13 @@ class BatchPosition:
     units_done: tuple[int, ...] = ()
 
 
+class Recordable(Protocol):
+    """What recording needs of a batch (a `recsys.data.batch.Batch` is one)."""
+
+    bad_rows: dict[str, int]
+    position: BatchPosition | None
+
+
 @dataclass
 class EpochProgress:
     """The batches of one epoch recorded so far (see the module docstring)."""
@@ -59,7 +63,7 @@ class EpochProgress:
     # DataLoader continue its round-robin over workers where the interrupted one stopped.
     next_worker: dict[int, tuple[int, int, int]] = field(default_factory=dict)
 
-    def record(self, batch: Batch) -> None:
+    def record(self, batch: Recordable) -> None:
         """Count one trained batch; padding batches (no position) change nothing."""
         for reason, count in batch.bad_rows.items():
             self.bad_rows[reason] = self.bad_rows.get(reason, 0) + count

@@ -20,8 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from recsys.config import Schema
 from recsys.data.featurize import DataError
+from recsys.schema import Schema
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +52,29 @@ class BadRowLog:
         return counts
 
 
-def check_rows(table: pa.Table, schema: Schema, where: Where, bad: BadRowLog) -> pa.Table:
+def check_rows(
+    table: pa.Table, schema: Schema, where: Where, bad: BadRowLog, with_labels: bool = True
+) -> pa.Table:
     """Label and dense columns as float64, bad rows dropped (skip) or reported (fail).
 
     Text columns holding numbers are parsed here, so an unparsable value is found per row
-    instead of failing a whole block. Null dense values are missing (featurize makes them 0).
+    instead of failing a whole block. Null dense values are missing (featurize fills them).
+    Without labels (scoring) the label column is neither needed nor checked.
     """
     rows = _Rows(table, where, bad)
+    columns = _checked_labels(table, schema, rows) if with_labels else {}
+    for feature in schema.dense_features:
+        dense, unparsable = _to_float(table, feature.column)
+        rows.drop(feature.column, unparsable, "unparsable_number", "is not a number")
+        finite = np.isfinite(dense.fill_null(0.0).to_numpy(zero_copy_only=False))
+        rows.drop(feature.column, ~finite, "non_finite_dense", _NON_FINITE)
+        columns[feature.column] = dense
+    for name, column in columns.items():
+        table = table.set_column(table.schema.get_field_index(name), name, column)
+    return table if rows.keep.all() else table.filter(pa.array(rows.keep))
+
+
+def _checked_labels(table: pa.Table, schema: Schema, rows: _Rows) -> dict[str, pa.Array]:
     label = schema.label
     values, unparsable = _to_float(table, label.column)
     rows.drop(label.column, unparsable, "unparsable_number", "is not a number")
@@ -69,16 +85,7 @@ def check_rows(table: pa.Table, schema: Schema, where: Where, bad: BadRowLog) ->
     else:
         wrong, expected = np.isnan(numbers), f"a number to compare with {label.threshold}"
     rows.drop(label.column, wrong, "bad_label", f"is not a usable label: expected {expected}")
-    columns = {label.column: values}
-    for feature in schema.dense_features:
-        dense, unparsable = _to_float(table, feature.column)
-        rows.drop(feature.column, unparsable, "unparsable_number", "is not a number")
-        finite = np.isfinite(dense.fill_null(0.0).to_numpy(zero_copy_only=False))
-        rows.drop(feature.column, ~finite, "non_finite_dense", _NON_FINITE)
-        columns[feature.column] = dense
-    for name, column in columns.items():
-        table = table.set_column(table.schema.get_field_index(name), name, column)
-    return table if rows.keep.all() else table.filter(pa.array(rows.keep))
+    return {label.column: values}
 
 
 _NON_FINITE = "is not finite; a dense value like it would turn the weights into NaN"

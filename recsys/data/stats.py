@@ -1,9 +1,15 @@
-"""Per-feature statistics of a data set, read through the loader's own sources.
+"""Per-feature statistics of a data set, read exactly as training reads it.
+
+Rows come through the loader's read path (`recsys.data.reader`: same files, same number
+parsing, same bad rows dropped or failing per data.on_bad_row), dense values through the
+featurizer's own `dense_values`, id lists through its `id_lists`.
 
 For every feature of the schema: rows, missing rate, approximate distinct count (HyperLogLog),
 and for sparse features the expected collision rate of their table; id lists also get list
-lengths, dense features min / mean / max and the mean / std after the configured transform
-(the values to put in `data.features.<f>.mean` / `.std`).
+lengths. Dense features get min / mean / max of their present raw values, mean / std of those
+values after clip and transform, and the suggested mean / std: those of what the model sees
+before standardization (missing values filled, clipped, transformed), the values to put in
+`data.features.<f>.mean` / `.std`.
 
 Expected collision rate: with n distinct ids hashed uniformly into the B - 1 buckets a table has
 for ids (bucket 0 is kept for missing ids), an id shares its bucket with at least one other id
@@ -24,18 +30,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
-from recsys.config import (
-    DataConfig,
-    DataFormat,
-    DenseTransform,
-    FeatureKind,
-    ResolvedFeature,
-    Schema,
-)
+from recsys.config import DataConfig, FeatureKind
+from recsys.data.featurize import dense_values, id_lists
 from recsys.data.hll import DEFAULT_PRECISION, HyperLogLog
+from recsys.data.reader import RowReader
 from recsys.data.rowcheck import BadRowLog
-from recsys.data.source import SourceFormat, plan_parquet_units, read_parquet_unit, resolve_files
-from recsys.data.text import TextUnitReader, plan_text_units
+from recsys.data.source import SourceFormat
+from recsys.schema import ResolvedFeature, Schema
 
 
 @dataclass(frozen=True)
@@ -60,10 +61,9 @@ class FeatureStats:
     num_buckets: int | None = None
     collision_rate: float | None = None  # sparse: expected share of ids sharing a bucket
     list_length: dict[str, float] | None = None  # id_list: min / mean / max ids per row
-    values: dict[str, float] | None = (
-        None  # dense: min / mean / max (raw), mean / std (transformed)
-    )
-    unparsable: int = 0  # dense values that are not numbers (text files)
+    # dense: min / mean / max (present raw values), transformed_mean / _std (present values
+    # clipped and transformed), suggested_mean / _std (every row as the model sees it)
+    values: dict[str, float] | None = None
 
     @property
     def missing_rate(self) -> float:
@@ -103,12 +103,14 @@ def compute_stats(
 ) -> DatasetStats:
     """Read the rows under `path` (as `data` describes them) and summarize every feature."""
     options = options or StatsOptions()
+    fmt = SourceFormat.from_config(data)
+    reader = RowReader(path, fmt, schema)
     accumulators = {f.name: _accumulator(f, options) for f in schema.features}
     label = _LabelAccumulator(schema)
     stats = DatasetStats(path=path)
-    bad = BadRowLog(skip=SourceFormat.from_config(data).skip_bad_rows)
+    bad = BadRowLog(skip=fmt.skip_bad_rows)
     with tqdm(total=options.max_rows, unit="row", disable=not options.progress) as bar:
-        for table in _read_tables(data, path, schema.columns, options, bad):
+        for table in _first_rows(reader.rows(bad, options.batch_rows), options.max_rows):
             stats.rows += table.num_rows
             label.add(table.column(schema.label.column))
             for feature in schema.features:
@@ -116,24 +118,13 @@ def compute_stats(
             bar.update(table.num_rows)
     stats.label_rate = label.rate()
     stats.bad_rows = dict(bad.counts)
-    stats.features = [accumulators[f.name].result(f) for f in schema.features]
+    stats.features = [accumulators[f.name].result() for f in schema.features]
     _fill_collisions(stats.features, schema)
     return stats
 
 
-def _read_tables(
-    data: DataConfig, path: str, columns: list[str], options: StatsOptions, bad: BadRowLog
-) -> Iterator[pa.Table]:
-    """The rows through the loader's sources: Parquet row groups or text byte ranges."""
-    fmt = SourceFormat.from_config(data)
-    fs, folder, files = resolve_files(path)
-    left = options.max_rows if options.max_rows is not None else math.inf
-    if fmt.format is DataFormat.parquet:
-        units = plan_parquet_units(fs, folder, files, skip_unreadable=False)
-        blocks = (b for u in units for b in read_parquet_unit(fs, u, columns, options.batch_rows))
-    else:
-        units = plan_text_units(fs, files, fmt.unit_bytes)
-        blocks = (b for u in units for b in TextUnitReader(fs, u, fmt, columns).blocks(bad))
+def _first_rows(blocks: Iterator[pa.Table], max_rows: int | None) -> Iterator[pa.Table]:
+    left = max_rows if max_rows is not None else math.inf
     for block in blocks:
         if left <= 0:
             return
@@ -164,8 +155,7 @@ class _LabelAccumulator:
         self.rows = 0
 
     def add(self, column: pa.ChunkedArray) -> None:
-        values = _to_float(column)[0]
-        values = values[~np.isnan(values)]
+        values = np.asarray(column.to_numpy(), dtype=np.float64)  # checked: no missing labels
         positive = values >= self.threshold if self.threshold is not None else values == 1.0
         self.positives += int(positive.sum())
         self.rows += len(values)
@@ -175,7 +165,8 @@ class _LabelAccumulator:
 
 
 class _IdAccumulator:
-    def __init__(self, options: StatsOptions):
+    def __init__(self, feature: ResolvedFeature, options: StatsOptions):
+        self.feature = feature
         self.hll = HyperLogLog(options.hll_precision)
         self.rows = self.missing = 0
 
@@ -185,7 +176,8 @@ class _IdAccumulator:
         self.missing += text.null_count
         self.hll.add(text)
 
-    def result(self, feature: ResolvedFeature) -> FeatureStats:
+    def result(self) -> FeatureStats:
+        feature = self.feature
         return FeatureStats(
             feature.name,
             feature.kind.value,
@@ -198,13 +190,12 @@ class _IdAccumulator:
 
 
 class _ListAccumulator(_IdAccumulator):
-    def __init__(self, options: StatsOptions, delimiter: str | None):
-        super().__init__(options)
-        self.delimiter = delimiter
+    def __init__(self, feature: ResolvedFeature, options: StatsOptions):
+        super().__init__(feature, options)
         self.min_len, self.max_len, self.total = math.inf, 0, 0
 
     def add(self, column: pa.ChunkedArray) -> None:
-        lists = _as_lists(column, self.delimiter)
+        lists = id_lists(column, self.feature)
         lists = lists.combine_chunks() if isinstance(lists, pa.ChunkedArray) else lists
         rows = pc.list_parent_indices(lists).to_numpy()
         ids = _id_text(pc.list_flatten(lists))
@@ -218,48 +209,72 @@ class _ListAccumulator(_IdAccumulator):
             self.max_len = max(self.max_len, int(lengths.max()))
         self.hll.add(ids)
 
-    def result(self, feature: ResolvedFeature) -> FeatureStats:
-        stats = super().result(feature)
+    def result(self) -> FeatureStats:
+        stats = super().result()
         mean = self.total / self.rows if self.rows else float("nan")
         low = self.min_len if self.rows else float("nan")
         stats.list_length = {"min": low, "mean": mean, "max": self.max_len}
         return stats
 
 
+class _Moments:
+    """Count, mean and variance of a stream of blocks (Chan et al.: no catastrophic
+    cancellation, unlike sums of squares)."""
+
+    def __init__(self) -> None:
+        self.n, self.mean, self.m2 = 0, 0.0, 0.0
+
+    def add(self, values: np.ndarray) -> None:
+        if not len(values):
+            return
+        n, mean = len(values), float(values.mean())
+        m2 = float(((values - mean) ** 2).sum())
+        total = self.n + n
+        delta = mean - self.mean
+        self.m2 += m2 + delta * delta * self.n * n / total
+        self.mean += delta * n / total
+        self.n = total
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.m2 / self.n) if self.n else float("nan")
+
+    @property
+    def average(self) -> float:
+        return self.mean if self.n else float("nan")
+
+
 class _DenseAccumulator:
-    def __init__(self, transform: DenseTransform):
-        self.transform = transform
-        self.rows = self.missing = self.unparsable = 0
-        self.low, self.high, self.total = math.inf, -math.inf, 0.0
-        self.t_sum = self.t_sq = 0.0
+    """Raw values as read (present ones only) and the featurizer's `dense_values` of them."""
+
+    def __init__(self, feature: ResolvedFeature):
+        self.feature = feature
+        self.rows = self.missing = 0
+        self.low, self.high = math.inf, -math.inf
+        self.raw, self.transformed, self.seen = _Moments(), _Moments(), _Moments()
 
     def add(self, column: pa.ChunkedArray) -> None:
-        values, unparsable = _to_float(column)
-        self.rows += len(values)
-        self.unparsable += unparsable
-        present = values[np.isfinite(values)]
-        self.missing += len(values) - len(present)
-        if len(present):
-            self.low, self.high = min(self.low, present.min()), max(self.high, present.max())
-            self.total += float(present.sum())
-            t = (
-                np.log1p(np.maximum(present, 0.0))
-                if self.transform is DenseTransform.log1p
-                else present
-            )
-            self.t_sum += float(t.sum())
-            self.t_sq += float((t * t).sum())
+        present = ~np.asarray(pc.is_null(column).to_numpy(zero_copy_only=False))
+        raw = np.asarray(column.to_numpy(), dtype=np.float64)[present]  # checked: finite
+        seen = dense_values(column, self.feature)  # what the model sees, before standardizing
+        self.rows += len(present)
+        self.missing += len(present) - len(raw)
+        if len(raw):
+            self.low, self.high = min(self.low, raw.min()), max(self.high, raw.max())
+        self.raw.add(raw)
+        self.transformed.add(seen[present])
+        self.seen.add(seen)
 
-    def result(self, feature: ResolvedFeature) -> FeatureStats:
-        n = self.rows - self.missing
-        mean = self.t_sum / n if n else float("nan")
-        std = math.sqrt(max(self.t_sq / n - mean * mean, 0.0)) if n else float("nan")
+    def result(self) -> FeatureStats:
+        feature, n = self.feature, self.raw.n
         values = {
             "min": self.low if n else float("nan"),
-            "mean": self.total / n if n else float("nan"),
+            "mean": self.raw.average,
             "max": self.high if n else float("nan"),
-            "transformed_mean": mean,
-            "transformed_std": std,
+            "transformed_mean": self.transformed.average,
+            "transformed_std": self.transformed.std,
+            "suggested_mean": self.seen.average,
+            "suggested_std": self.seen.std,
         }
         return FeatureStats(
             feature.name,
@@ -268,16 +283,15 @@ class _DenseAccumulator:
             rows=self.rows,
             missing=self.missing,
             values=values,
-            unparsable=self.unparsable,
         )
 
 
 def _accumulator(feature: ResolvedFeature, options: StatsOptions):
     if feature.kind is FeatureKind.dense:
-        return _DenseAccumulator(feature.transform)
+        return _DenseAccumulator(feature)
     if feature.kind is FeatureKind.id_list:
-        return _ListAccumulator(options, feature.delimiter)
-    return _IdAccumulator(options)
+        return _ListAccumulator(feature, options)
+    return _IdAccumulator(feature, options)
 
 
 def _id_text(column: pa.Array | pa.ChunkedArray) -> pa.ChunkedArray:
@@ -288,31 +302,6 @@ def _id_text(column: pa.Array | pa.ChunkedArray) -> pa.ChunkedArray:
         column = column.cast(column.type.value_type)
     text = column if pa.types.is_string(column.type) else pc.cast(column, pa.string())
     return pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
-
-
-def _as_lists(column: pa.ChunkedArray, delimiter: str | None) -> pa.ChunkedArray:
-    if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
-        return column
-    if delimiter is None:
-        raise ValueError(
-            f"id_list column of type {column.type} is not a list; set the feature's delimiter."
-        )
-    return pc.split_pattern(column, delimiter)
-
-
-def _to_float(column: pa.ChunkedArray) -> tuple[np.ndarray, int]:
-    """float64 values, NaN where missing; text that is not a number is NaN and counted."""
-    unparsable = 0
-    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-        numeric = pc.match_substring_regex(
-            column, r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
-        ).fill_null(True)
-        bad = pc.and_(pc.invert(numeric), pc.not_equal(column, "")).fill_null(False)
-        unparsable = int(pc.sum(bad).as_py() or 0)
-        column = pc.if_else(numeric, column, pa.scalar(None, column.type))
-        column = pc.if_else(pc.equal(column, ""), pa.scalar(None, column.type), column)
-    values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
-    return np.asarray(values, dtype=np.float64), unparsable
 
 
 # ---------------------------------------------------------------------------- report
@@ -344,9 +333,9 @@ def _details(f: FeatureStats) -> str:
         return f"ids/row min {n['min']:g} mean {n['mean']:.2f} max {n['max']:g}"
     if f.values is not None:
         v = f.values
-        text = (
+        return (
             f"min {v['min']:g} mean {v['mean']:.4g} max {v['max']:g}; transformed mean "
-            f"{v['transformed_mean']:.4g} std {v['transformed_std']:.4g}"
+            f"{v['transformed_mean']:.4g} std {v['transformed_std']:.4g}; suggested mean "
+            f"{v['suggested_mean']:.4g} std {v['suggested_std']:.4g}"
         )
-        return text + (f"; {f.unparsable:,} not numbers" if f.unparsable else "")
     return f"table {f.table}" if f.table and f.table != f.name else ""

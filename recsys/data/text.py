@@ -7,7 +7,8 @@ unit size. Compressed files (.gz, .bz2, ...) cannot be cut and are one unit each
 not hold line breaks (quoted newlines would break the cut; Criteo and most logs have none).
 
 Every column is read as text: ids stay ids ("021" is not 21), numbers are parsed by
-`recsys.data.rowcheck`, row by row, so a bad value names its line. Empty fields are missing.
+`recsys.data.rowcheck`, row by row, so a bad value names its line. Empty fields are missing,
+and only they: "NA" or "null" is an id like any other, "nan" and "inf" are non-finite numbers.
 
 Row ids of text rows: `unit.index * 2**40 + k` for the k-th row parsed in the unit. They are
 unique and deterministic (the same files give the same ids on any number of ranks or workers)
@@ -23,7 +24,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 
-from recsys.config import DataFormat
+from recsys.config import ConfigError, DataFormat
 from recsys.data.rowcheck import BadRowLog
 from recsys.data.source import SourceFormat, UnitError, WorkUnit
 
@@ -42,6 +43,23 @@ def fixed_columns(fmt: SourceFormat) -> tuple[str, ...] | None:
     if fmt.format is DataFormat.criteo:
         return fmt.columns or CRITEO_COLUMNS
     return None if fmt.header else fmt.columns
+
+
+def check_columns(fmt: SourceFormat, columns: list[str]) -> None:
+    """Before any file is read: the layout can name columns, and names the ones to read."""
+    if fmt.format is not DataFormat.criteo and not fmt.header and not fmt.columns:
+        raise ConfigError(
+            f"data.format={fmt.format.value} with data.header=false needs data.columns: "
+            f"the column names of the files, in order."
+        )
+    names = fixed_columns(fmt)
+    missing = [c for c in columns if names is not None and c not in names]
+    if missing:
+        key = "data.columns" if fmt.columns else f"the {fmt.format.value} layout"
+        raise ConfigError(
+            f"column(s) {missing} named by the data schema are not in {key} {list(names)}. "
+            f"Fix the features' `column` in conf/data/, or data.columns."
+        )
 
 
 def plan_text_units(
@@ -117,6 +135,9 @@ class TextUnitReader:
                 column_types={c: pa.string() for c in self.columns},
                 include_columns=self.columns,
                 strings_can_be_null=True,
+                # Only "" is missing: pyarrow's default also nulls "NA", "null", "nan", ...,
+                # which are real ids (and "nan" a non-finite number, as NaN is in Parquet).
+                null_values=[""],
             ),
         }
 

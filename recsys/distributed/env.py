@@ -57,14 +57,16 @@ def init_distributed(device_name: str) -> DistEnv:
 
 
 def _device(name: str, local_rank: int) -> torch.device:
-    if name == "cpu":
+    """This rank's device for `trainer.device` (a `Device`; `recsys.train.validate` checks it,
+    the CUDA check stays for callers that build a process group without validating)."""
+    from recsys.config import Device
+
+    if Device(name) is Device.cpu:
         return torch.device("cpu")
-    if name in ("cuda", "gpu"):
-        if not torch.cuda.is_available():
-            raise ConfigError("trainer.device=cuda but no CUDA device is visible; use trainer=cpu.")
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    raise ConfigError(f"trainer.device={name!r}: expected 'cpu' or 'cuda'.")
+    if not torch.cuda.is_available():
+        raise ConfigError("trainer.device=cuda but no CUDA device is visible; use trainer=cpu.")
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
 
 
 def shutdown_distributed() -> None:

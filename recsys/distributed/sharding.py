@@ -2,6 +2,8 @@
 
 The planner decides where every table lives (table-, column-, row-wise or replicated) from the
 tables' sizes and the topology; the dense part is replicated and kept in sync by DDP.
+Choices (`sharding.type`, `trainer.sparse_optimizer` on this device) are checked by
+`recsys.train.validate` before a run starts.
 """
 
 from __future__ import annotations
@@ -19,31 +21,21 @@ from torchrec.distributed import DistributedModelParallel
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import get_default_sharders
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
-from torchrec.distributed.types import ShardingPlan, ShardingType
+from torchrec.distributed.types import ShardingPlan
+from torchrec.distributed.types import ShardingType as TorchrecShardingType
 from torchrec.optim import RowWiseAdagrad
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 
-from recsys.config import ConfigError, TrainerConfig
+from recsys.config import ShardingType, SparseOptimizer, TrainerConfig
 from recsys.distributed.env import DistEnv
 
 log = logging.getLogger(__name__)
 
-# Types a user can force on every table (`sharding=<type>`); "auto" lets the planner choose.
-_FORCEABLE = (
-    ShardingType.TABLE_WISE,
-    ShardingType.COLUMN_WISE,
-    ShardingType.ROW_WISE,
-    ShardingType.TABLE_COLUMN_WISE,
-    ShardingType.DATA_PARALLEL,
-)
-SHARDING_TYPES = ("auto",) + tuple(t.value for t in _FORCEABLE)
-
-
 _SPARSE_OPTIMIZERS = {
-    "rowwise_adagrad": RowWiseAdagrad,
-    "adagrad": torch.optim.Adagrad,
-    "sgd": torch.optim.SGD,
-    "adam": torch.optim.Adam,
+    SparseOptimizer.rowwise_adagrad: RowWiseAdagrad,
+    SparseOptimizer.adagrad: torch.optim.Adagrad,
+    SparseOptimizer.sgd: torch.optim.SGD,
+    SparseOptimizer.adam: torch.optim.Adam,  # CUDA only: FBGEMM's CPU kernels have none fused
 }
 
 
@@ -53,20 +45,9 @@ def attach_sparse_optimizer(tables: nn.Module, trainer: TrainerConfig, lr: float
     Fused, the update happens inside FBGEMM's backward kernel: gradients for huge tables are
     never materialised as dense tensors, and only the rows touched by the batch move.
     """
-    if trainer.sparse_optimizer not in _SPARSE_OPTIMIZERS:
-        raise ConfigError(
-            f"trainer.sparse_optimizer={trainer.sparse_optimizer!r}; "
-            f"choose one of {sorted(_SPARSE_OPTIMIZERS)}."
-        )
-    if trainer.sparse_optimizer == "adam" and trainer.device == "cpu":
-        raise ConfigError(
-            "trainer.sparse_optimizer=adam: FBGEMM's CPU kernels have no fused Adam; "
-            "use rowwise_adagrad, adagrad or sgd on CPU, or trainer.device=cuda."
-        )
+    optimizer = _SPARSE_OPTIMIZERS[SparseOptimizer(trainer.sparse_optimizer)]
     kwargs = {"lr": lr, "weight_decay": trainer.sparse_weight_decay}
-    apply_optimizer_in_backward(
-        _SPARSE_OPTIMIZERS[trainer.sparse_optimizer], tables.parameters(), kwargs
-    )
+    apply_optimizer_in_backward(optimizer, tables.parameters(), kwargs)
 
 
 class CpuRowWiseSharder(EmbeddingBagCollectionSharder):
@@ -79,31 +60,30 @@ class CpuRowWiseSharder(EmbeddingBagCollectionSharder):
 
     def sharding_types(self, compute_device_type: str) -> list[str]:
         types = super().sharding_types(compute_device_type)
-        if compute_device_type == "cpu" and ShardingType.ROW_WISE.value not in types:
-            types.append(ShardingType.ROW_WISE.value)
+        if compute_device_type == "cpu" and TorchrecShardingType.ROW_WISE.value not in types:
+            types.append(TorchrecShardingType.ROW_WISE.value)
         return types
 
 
 def shard_model(
-    model: nn.Module, env: DistEnv, sharding_type: str = "auto"
+    model: nn.Module, env: DistEnv, sharding_type: ShardingType = ShardingType.auto
 ) -> tuple[DistributedModelParallel, ShardingPlan]:
     """Plan collectively over all ranks, then wrap in DistributedModelParallel.
 
-    `sharding_type` "auto" lets the planner choose per table; any other value forces that
-    type on every table through ParameterConstraints.
+    `sharding_type` auto lets the planner choose per table; any other value forces that
+    TorchRec type (same name) on every table through ParameterConstraints.
     """
-    if sharding_type not in SHARDING_TYPES:
-        raise ConfigError(f"sharding.type={sharding_type!r}; choose one of {list(SHARDING_TYPES)}.")
+    sharding_type = ShardingType(sharding_type)
     constraints = None
-    if sharding_type != "auto":
+    if sharding_type != ShardingType.auto:
+        forced = TorchrecShardingType(sharding_type.value).value
         constraints = {
-            name: ParameterConstraints(sharding_types=[sharding_type])
-            for name in table_names(model)
+            name: ParameterConstraints(sharding_types=[forced]) for name in table_names(model)
         }
     topology = Topology(world_size=env.world_size, compute_device=env.device.type)
     planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
     sharders = get_default_sharders()
-    if sharding_type == ShardingType.ROW_WISE.value:
+    if sharding_type == ShardingType.row_wise:
         # Only when asked for: "auto" keeps TorchRec's own CPU choices, whose cost model
         # was never tuned for row-wise on CPU.
         sharders = [

@@ -7,7 +7,9 @@
       dense.pt                          torch state dict of the dense part (recsys.model.head)
 
 The manifest carries the hash rule, every feature's column, seed and table, every table's
-bucket count, dim, pooling and file checksum, and the dense part's shapes.
+bucket count, dim, pooling and file checksum, the dense part's shapes, and how the training
+records were laid out (`source`: format, header, columns, delimiter), which is how the scorer
+reads raw records unless told otherwise.
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recsys.config import Schema
+from recsys.config import DataFormat
+from recsys.data.source import SourceFormat
+from recsys.data.text import delimiter, fixed_columns
 from recsys.hashing import HASH_FUNCTION, MISSING_BUCKET
+from recsys.schema import Schema
 
 FORMAT = "recsys-serving-export"
 FORMAT_VERSION = 1
@@ -68,6 +73,41 @@ class ExportError(ValueError):
     """An export cannot be used: incomplete, corrupted or of an unknown format."""
 
 
+def source_entry(fmt: SourceFormat) -> dict[str, Any]:
+    """How records are laid out: format; for text, whether a header line names the columns,
+    the columns otherwise, and the field delimiter (derived from the format, for readers)."""
+    if fmt.format is DataFormat.parquet:
+        return {"format": fmt.format.value, "header": None, "columns": None, "delimiter": None}
+    columns = fixed_columns(fmt)
+    return {
+        "format": fmt.format.value,
+        "header": columns is None,
+        "columns": None if columns is None else list(columns),
+        "delimiter": delimiter(fmt),
+    }
+
+
+def source_from_entry(entry: dict[str, Any] | None) -> SourceFormat | None:
+    """The `source` entry back as a SourceFormat; None when the manifest has none (written
+    before exports recorded it)."""
+    if not entry:
+        return None
+    try:
+        fmt = DataFormat(entry["format"])
+    except (KeyError, ValueError) as e:
+        raise ExportError(
+            f"{MANIFEST_FILE}: source format {entry.get('format')!r} is not one of "
+            f"{[f.value for f in DataFormat]}."
+        ) from e
+    header = entry.get("header")
+    columns = entry.get("columns")
+    return SourceFormat(
+        format=fmt,
+        header=True if header is None else bool(header),
+        columns=tuple(columns) if columns else None,
+    )
+
+
 @dataclass(frozen=True)
 class Manifest:
     schema: Schema
@@ -76,6 +116,7 @@ class Manifest:
     ]  # name -> file, sha256, num_buckets, dim, pooling, first_order
     dense: dict[str, Any]  # file, sha256, architecture, head_config
     raw: dict[str, Any]
+    source: SourceFormat | None = None  # the training records' layout; None: not recorded
 
     @staticmethod
     def load(export_dir: Path) -> Manifest:
@@ -88,7 +129,9 @@ class Manifest:
                 f"{path}: format {raw.get('format')!r} v{raw.get('format_version')} is not "
                 f"{FORMAT!r} v{FORMAT_VERSION}; export it again with this version of recsys."
             )
-        return Manifest(Schema.from_dict(raw["schema"]), raw["tables"], raw["dense"], raw)
+        schema = Schema.from_dict(raw["schema"])
+        source = source_from_entry(raw.get("source"))
+        return Manifest(schema, raw["tables"], raw["dense"], raw, source)
 
     def verify(self, export_dir: Path) -> None:
         """Check every file against its recorded sha256."""

@@ -1,27 +1,34 @@
 """Batch scoring from a serving export: raw records in, click probabilities out.
 
 Needs torch, numpy and pyarrow only: no torchrec, no process group, no training code beyond
-the shared featurizer (which is what makes serving hash ids exactly as training did) and the
-plain-torch dense part.
+the shared read path and featurizer (which is what makes serving read and hash records exactly
+as training did) and the plain-torch dense part.
+
+Records are read as the training data was laid out (the manifest's `source`: Parquet, CSV, TSV
+or Criteo, header or not), never guessed from a file name; `input_format` may override it.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import torch
 
-from recsys.config import ConfigError, Pooling, ResolvedLookup, Schema, Tower
+from recsys.config import ConfigError, DataFormat, OnBadRow, Pooling, Tower
 from recsys.data.featurize import IN_MEMORY, FeatureArrays, RecordOrigin, featurize
+from recsys.data.reader import RowReader
+from recsys.data.rowcheck import BadRowLog
+from recsys.data.source import SourceFormat, UnitError
 from recsys.export.manifest import MANIFEST_FILE, ExportError, Manifest
 from recsys.model.combine import combine_pooled
 from recsys.model.registry import build_head, head_config_from_dict
+from recsys.schema import ResolvedLookup, Schema
 
 log = logging.getLogger(__name__)
 
@@ -123,14 +130,21 @@ class Scorer:
             pooled = pooled / lengths.clamp(min=1).unsqueeze(1)
         return pooled
 
-    def score_file(self, input_path: Path, output_path: Path, batch_rows: int = 65536) -> int:
-        """Stream INPUT (Parquet, CSV or TSV) to OUTPUT Parquet with one `score` per row."""
+    def score_file(
+        self,
+        input_path: str | Path,
+        output_path: Path,
+        batch_rows: int = 65536,
+        input_format: DataFormat | None = None,
+    ) -> int:
+        """Stream INPUT (file, folder, glob or URI) to OUTPUT Parquet, one `score` per row."""
         output_path = Path(output_path)
         output_path.parent.mkdir(parents=True, exist_ok=True)
         schema = pa.schema([("score", pa.float64())])
+        fmt = records_format(self.manifest.source, str(input_path), input_format)
         rows = 0
         with pq.ParquetWriter(output_path, schema) as writer:
-            for batch in read_records(Path(input_path), batch_rows, self.schema):
+            for batch in read_records(str(input_path), fmt, self.schema, batch_rows):
                 origin = RecordOrigin(str(input_path), rows)
                 scores = self.score(batch, origin)
                 writer.write_table(pa.table({"score": scores}, schema=schema))
@@ -139,16 +153,22 @@ class Scorer:
         return rows
 
     def tower_file(
-        self, input_path: Path, output_path: Path, side: Tower, batch_rows: int = 65536
+        self,
+        input_path: str | Path,
+        output_path: Path,
+        side: Tower,
+        batch_rows: int = 65536,
+        input_format: DataFormat | None = None,
     ) -> int:
         """Stream INPUT to OUTPUT Parquet with one `vector` and `bias` per row, in input order."""
         dim = self._two_tower_head().config.embedding_dim
         schema = pa.schema([("vector", pa.list_(pa.float32(), dim)), ("bias", pa.float64())])
         sub_schema = _tower_schema(self.schema, Tower(side))
+        fmt = records_format(self.manifest.source, str(input_path), input_format)
         Path(output_path).parent.mkdir(parents=True, exist_ok=True)
         rows = 0
         with pq.ParquetWriter(output_path, schema) as writer:
-            for batch in read_records(Path(input_path), batch_rows, sub_schema):
+            for batch in read_records(str(input_path), fmt, sub_schema, batch_rows):
                 vectors, biases = self.tower(batch, side, RecordOrigin(str(input_path), rows))
                 flat = pa.array(vectors.reshape(-1), pa.float32())
                 columns = {"vector": pa.FixedSizeListArray.from_arrays(flat, dim), "bias": biases}
@@ -171,24 +191,58 @@ def _tower_schema(schema: Schema, side: Tower) -> Schema:
     return schema.restrict({f.name for f in schema.features if f.tower is side})
 
 
-def read_records(path: Path, batch_rows: int, schema: Schema) -> Iterator[pa.RecordBatch]:
-    """Raw records from Parquet (.parquet / .pq), CSV (.csv) or TSV (.tsv / .txt), streamed.
+def read_records(
+    path: str, fmt: SourceFormat, schema: Schema, batch_rows: int
+) -> Iterator[pa.Table]:
+    """Raw records of `schema`'s feature columns, read as training read them
+    (`recsys.data.reader`), at most `batch_rows` at a time, in input order.
 
-    Text formats read id columns as text: type inference would turn the zip code "021" into
-    the integer 21 and so hash it into another bucket than training did.
+    Any bad row is an error naming its file and row, whatever data.on_bad_row said in
+    training: a dropped row would shift every score after it onto the wrong record.
     """
-    suffix = path.suffix.lower()
-    if not path.is_file():
-        raise ExportError(f"input {path} does not exist.")
-    if suffix in (".parquet", ".pq"):
-        yield from pq.ParquetFile(path).iter_batches(batch_size=batch_rows)
-    elif suffix in (".csv", ".tsv", ".txt"):
-        parse = pacsv.ParseOptions(delimiter="\t" if suffix != ".csv" else ",")
-        read = pacsv.ReadOptions(block_size=1 << 24)
-        id_columns = {f.column: pa.string() for f in schema.sparse_features}
-        convert = pacsv.ConvertOptions(column_types=id_columns, strings_can_be_null=True)
-        yield from pacsv.open_csv(
-            path, read_options=read, parse_options=parse, convert_options=convert
-        )
-    else:
-        raise ExportError(f"input {path}: unknown format {suffix!r}; use .parquet, .csv or .tsv.")
+    try:
+        fmt = replace(fmt, on_bad_row=OnBadRow.fail)
+        reader = RowReader(path, fmt, schema, with_labels=False)
+        for block in reader.rows(BadRowLog(skip=False), batch_rows):
+            for start in range(0, block.num_rows, batch_rows):
+                yield block.slice(start, batch_rows)
+    except UnitError as e:  # a whole file unusable: perhaps not in the format it was read as
+        formats = "|".join(f.value for f in DataFormat)
+        raise UnitError(
+            f"{e} (Read as {fmt.format.value}; for records in another format pass "
+            f"recsys-score --format {formats}.)",
+            e.reason,
+            e.rows,
+        ) from e
+
+
+def records_format(
+    recorded: SourceFormat | None, input_path: str, override: DataFormat | str | None = None
+) -> SourceFormat:
+    """How to read raw records: as the training data was laid out (`recorded`, from the
+    manifest), or in `override`'s format, keeping the recorded header and columns of CSV / TSV
+    (Criteo's fixed layout is not kept: other text has a header line unless recorded so)."""
+    if recorded is None:
+        recorded = _legacy_format(input_path) if override is None else SourceFormat()
+    if override is None:
+        return recorded
+    if recorded.format is DataFormat.criteo:
+        recorded = SourceFormat()
+    return replace(recorded, format=DataFormat(override))
+
+
+_LEGACY_SUFFIXES = {".csv": DataFormat.csv, ".tsv": DataFormat.tsv, ".txt": DataFormat.tsv}
+
+
+def _legacy_format(path: str) -> SourceFormat:
+    """Exports written before the manifest recorded the source format: the rule they were
+    written under (Parquet, or CSV / TSV with a header line by file name), with a warning."""
+    suffix = Path(path).suffix.lower()
+    fmt = SourceFormat(format=_LEGACY_SUFFIXES.get(suffix, DataFormat.parquet))
+    log.warning(
+        "the export's manifest does not record the training data's format (exported by an "
+        "older recsys): reading %s as %s by its file name; pass --format to choose.",
+        path,
+        fmt.format.value,
+    )
+    return fmt

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from recsys import __version__
-from recsys.config import Schema
+from recsys.data.source import SourceFormat
 from recsys.export.manifest import (
     FORMAT,
     FORMAT_VERSION,
@@ -22,23 +22,22 @@ from recsys.export.manifest import (
     MANIFEST_FILE,
     lookup_entries,
     sha256_file,
+    source_entry,
 )
+from recsys.model.layout import ModelWeights
 from recsys.model.registry import AnyHeadConfig
+from recsys.schema import Schema
 
 log = logging.getLogger(__name__)
-
-# Where the model's modules keep their weights in its state dict.
-TABLE_KEY = "sparse_arch.embedding_bags.embedding_bags.{}.weight"
-FIRST_ORDER_KEY = "sparse_arch.first_order_bags.embedding_bags.{}__first_order.weight"
-HEAD_PREFIX = "head."
 
 
 def write_export(
     export_dir: Path,
     schema: Schema,
     head_config: AnyHeadConfig,
-    state: dict[str, torch.Tensor],
+    weights: ModelWeights,
     provenance: dict[str, Any] | None = None,
+    source: SourceFormat | None = None,
 ) -> Path:
     """Write tables, dense part and manifest; the folder appears whole or not at all.
 
@@ -46,20 +45,21 @@ def write_export(
         export_dir: destination; replaced if it exists.
         schema: the feature schema the model was trained with.
         head_config: the head (dense part): its architecture and shapes.
-        state: the model's full state dict (keys as in `recsys.model.click.ClickModel`).
+        weights: the model's full (unsharded) weights by role (`WeightLayout.split`).
         provenance: where the model came from (MLflow run id, eval metrics), kept as is.
+        source: how the training records were laid out (data.format, header, columns); the
+            scorer reads raw records the same way. None: not recorded (the scorer then falls
+            back to its rule for old exports).
     """
     export_dir = Path(export_dir)
     staging = export_dir.with_name(export_dir.name + f".tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "tables").mkdir(parents=True)
     tables = {
-        t.name: _write_table(staging, t.name, state, head_config.first_order) for t in schema.tables
+        t.name: _write_table(staging, t.name, weights, head_config.first_order)
+        for t in schema.tables
     }
-    torch.save(
-        {k[len(HEAD_PREFIX) :]: v for k, v in state.items() if k.startswith(HEAD_PREFIX)},
-        staging / "dense.pt",
-    )
+    torch.save(weights.dense, staging / "dense.pt")
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -70,6 +70,7 @@ def write_export(
         "schema": schema.to_dict(),
         "schema_fingerprint": schema.fingerprint(),
         "provenance": provenance or {},
+        "source": None if source is None else source_entry(source),
         "tables": tables,
         "dense": {
             "file": "dense.pt",
@@ -85,8 +86,8 @@ def write_export(
     return export_dir
 
 
-def _write_table(root: Path, name: str, state: dict[str, torch.Tensor], first_order: bool) -> dict:
-    weight = state[model_key(TABLE_KEY, name)].float().numpy()
+def _write_table(root: Path, name: str, weights: ModelWeights, first_order: bool) -> dict:
+    weight = weights.tables[name].float().numpy()
     entry = {
         "file": f"tables/{name}.npy",
         "num_buckets": int(weight.shape[0]),
@@ -96,7 +97,7 @@ def _write_table(root: Path, name: str, state: dict[str, torch.Tensor], first_or
     }
     if first_order:
         # Serving needs only the bias itself: sum the kernel-alignment columns away.
-        bias = state[model_key(FIRST_ORDER_KEY, name)].float().sum(dim=1, keepdim=True).numpy()
+        bias = weights.first_order[name].float().sum(dim=1, keepdim=True).numpy()
         entry["first_order"] = {
             "file": f"tables/{name}__first_order.npy",
             **_save(root, f"tables/{name}__first_order.npy", bias),
@@ -107,7 +108,3 @@ def _write_table(root: Path, name: str, state: dict[str, torch.Tensor], first_or
 def _save(root: Path, relative: str, array: np.ndarray) -> dict:
     np.save(root / relative, np.ascontiguousarray(array, dtype=np.float32))
     return {"sha256": sha256_file(root / relative)}
-
-
-def model_key(template: str, table: str) -> str:
-    return template.format(table)

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.distributed as dist
 
+from recsys.distributed.gather import all_gather_rows
+
 __all__ = [
     "BinaryMetrics",
     "MetricAccumulator",
@@ -251,38 +253,6 @@ def compute_binary_metrics(
     )
 
 
-def _collective_device(group: dist.ProcessGroup | None) -> torch.device:
-    """Device the group's backend communicates on: CUDA for NCCL, CPU otherwise (gloo)."""
-    if dist.get_backend(group) == dist.Backend.NCCL:
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def _all_gather_rows(rows: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
-    """All-gather a ``[k, n_rank]`` tensor whose ``n_rank`` differs per rank.
-
-    Lengths are gathered first, every rank pads to the maximum, gathers, then trims.
-
-    Args:
-        rows: Local float64 tensor of shape ``[k, n_rank]``.
-        group: Process group, or ``None`` for the default group.
-
-    Returns:
-        The ``[k, sum(n_rank)]`` concatenation in rank order, on CPU, identical on all ranks.
-    """
-    device = _collective_device(group)
-    world = dist.get_world_size(group)
-    length = torch.tensor([rows.shape[1]], dtype=torch.int64, device=device)
-    lengths = [torch.empty_like(length) for _ in range(world)]
-    dist.all_gather(lengths, length, group=group)
-    sizes = [int(n) for n in torch.cat(lengths).cpu()]
-    padded = torch.zeros(rows.shape[0], max(sizes), dtype=rows.dtype, device=device)
-    padded[:, : rows.shape[1]] = rows.to(device)
-    gathered = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(gathered, padded, group=group)
-    return torch.cat([g[:, :n].cpu() for g, n in zip(gathered, sizes, strict=True)], dim=1)
-
-
 class MetricAccumulator:
     """Collects per-batch predictions and computes exact metrics over all ranks.
 
@@ -343,7 +313,5 @@ class MetricAccumulator:
         Returns:
             The metrics on all accumulated rows (of all ranks).
         """
-        rows = self._local_rows()
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1:
-            rows = _all_gather_rows(rows, group)
+        rows = all_gather_rows(self._local_rows(), group)
         return compute_binary_metrics(rows[0], rows[1], rows[2])

@@ -11,9 +11,11 @@ import torch
 from torch import nn
 from torchrec import KeyedJaggedTensor
 
-from recsys.config import ModelConfig, Schema
+from recsys.config import ModelConfig
+from recsys.model.layout import WeightLayout
 from recsys.model.registry import build_head, head_config
 from recsys.model.sparse import SparseArch
+from recsys.schema import Schema
 
 
 class ClickModel(nn.Module):
@@ -28,6 +30,11 @@ class ClickModel(nn.Module):
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
         embeddings, first_order = self.sparse_arch(sparse)
         return self.head(dense, embeddings, first_order)
+
+    def weight_layout(self) -> WeightLayout:
+        """Which state entries are which table, bias table and dense part (the head)."""
+        sparse = self.sparse_arch.weight_layout().under("sparse_arch.")
+        return WeightLayout(sparse.tables, sparse.first_order, dense_prefix="head.")
 
 
 def build_model(

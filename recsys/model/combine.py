@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from recsys.config import Combine, Schema
+from recsys.config import Combine
+from recsys.schema import Schema
 
 
 def feature_lookups(schema: Schema) -> list[tuple[list[str], Combine]]:

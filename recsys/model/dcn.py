@@ -15,17 +15,16 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from recsys.config import ConfigError, ModelConfig, Schema
+from recsys.config import ConfigError, DCNStructure, ModelConfig, ModelName
 from recsys.model.head import FeatureDropout, feature_dims, mlp
-
-STRUCTURES = ("stacked", "parallel")
+from recsys.schema import Schema
 
 
 @dataclass(frozen=True)
 class DCNConfig:
     """Shapes of the DCN head; saved in the export manifest to rebuild it for serving."""
 
-    architecture: ClassVar[str] = "dcn"
+    architecture: ClassVar[str] = ModelName.dcn.value
 
     num_dense: int
     embedding_dims: tuple[int, ...]  # per sparse feature, schema order
@@ -33,7 +32,7 @@ class DCNConfig:
     dense_out: int
     cross_layers: int
     low_rank: int | None
-    structure: str
+    structure: str  # a DCNStructure value; a plain string in the export manifest
     over_arch: tuple[int, ...]  # the deep part's hidden sizes
     first_order: bool
     dropout: float = 0.0
@@ -54,10 +53,6 @@ class DCNConfig:
 
     @staticmethod
     def from_model(schema: Schema, config: ModelConfig) -> DCNConfig:
-        if config.structure not in STRUCTURES:
-            raise ConfigError(
-                f"model.structure={config.structure!r}: use one of {list(STRUCTURES)}."
-            )
         if config.cross_layers < 0:
             raise ConfigError(f"model.cross_layers={config.cross_layers}: need >= 0.")
         if config.low_rank is not None and config.low_rank < 1:
@@ -71,7 +66,7 @@ class DCNConfig:
             dense_out=config.embedding_dim,
             cross_layers=config.cross_layers,
             low_rank=config.low_rank,
-            structure=config.structure,
+            structure=DCNStructure(config.structure).value,
             over_arch=tuple(config.over_arch),
             first_order=config.first_order,
             dropout=config.dropout,
@@ -121,7 +116,7 @@ class DCNHead(nn.Module):
         )
         dim = config.input_dim
         self.cross = CrossNet(dim, config.cross_layers, config.low_rank)
-        if config.structure == "stacked":
+        if config.structure == DCNStructure.stacked:
             self.deep = mlp([dim, *config.over_arch, 1], config.dropout, last_activation=False)
             self.final = None
         else:

@@ -18,14 +18,15 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from recsys.config import ConfigError, ModelConfig, Schema
+from recsys.config import ConfigError, ModelConfig, ModelName
+from recsys.schema import Schema
 
 
 @dataclass(frozen=True)
 class HeadConfig:
     """Shapes of the DLRM dense part; saved in the export manifest to rebuild it for serving."""
 
-    architecture: ClassVar[str] = "dlrm"
+    architecture: ClassVar[str] = ModelName.dlrm.value
 
     num_dense: int
     num_sparse: int

@@ -17,8 +17,9 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from recsys.config import ConfigError, ModelConfig, Schema, Tower
+from recsys.config import ConfigError, ModelConfig, ModelName, Tower
 from recsys.model.head import FeatureDropout, feature_dims
+from recsys.schema import Schema
 
 SIDES = (Tower.user.value, Tower.item.value)
 
@@ -27,7 +28,7 @@ SIDES = (Tower.user.value, Tower.item.value)
 class MFConfig:
     """Shapes and towers of the MF head; saved in the export manifest for serving."""
 
-    architecture: ClassVar[str] = "mf"
+    architecture: ClassVar[str] = ModelName.mf.value
 
     num_dense: int
     embedding_dim: int

@@ -1,9 +1,9 @@
-"""Model name -> head: the one place that lists the architectures `model.name` can pick.
+"""Model name -> head: the one place that maps each `model.name` (a `ModelName`) to its head.
 
 Every model is the shared sparse part (`recsys.model.sparse`) followed by a plain-torch head;
 a head is fully described by its config, which the export saves beside its weights. Training
 builds the config from the schema (`head_config`), serving from the manifest (`build_head`).
-Adding a model is one entry here. No torchrec: the serving scorer imports this module.
+Adding a model is a `ModelName` member and one entry here. No torchrec: the serving scorer imports this module.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from typing import Any, Protocol
 
 from torch import nn
 
-from recsys.config import ConfigError, ModelConfig, Schema
+from recsys.config import ConfigError, ModelConfig, ModelName
 from recsys.model.dcn import DCNConfig, DCNHead
 from recsys.model.head import DLRMHead, HeadConfig
 from recsys.model.mf import MFConfig, MFHead
+from recsys.schema import Schema
 
 
 class AnyHeadConfig(Protocol):
@@ -32,10 +33,10 @@ class Architecture:
     head: type[nn.Module]  # head(config)
 
 
-ARCHITECTURES: dict[str, Architecture] = {
-    "dlrm": Architecture(HeadConfig, DLRMHead),
-    "dcn": Architecture(DCNConfig, DCNHead),
-    "mf": Architecture(MFConfig, MFHead),
+ARCHITECTURES: dict[ModelName, Architecture] = {
+    ModelName.dlrm: Architecture(HeadConfig, DLRMHead),
+    ModelName.dcn: Architecture(DCNConfig, DCNHead),
+    ModelName.mf: Architecture(MFConfig, MFHead),
 }
 
 
@@ -44,7 +45,7 @@ def head_config(schema: Schema, config: ModelConfig) -> AnyHeadConfig:
     if config.name not in ARCHITECTURES:
         raise ConfigError(
             f"model.name={config.name!r} is not a known model; use model=<name> with one of "
-            f"{sorted(ARCHITECTURES)}."
+            f"{sorted(a.value for a in ARCHITECTURES)}."
         )
     return ARCHITECTURES[config.name].config.from_model(schema, config)
 
@@ -58,6 +59,6 @@ def head_config_from_dict(architecture: str, d: dict[str, Any]) -> AnyHeadConfig
     if architecture not in ARCHITECTURES:
         raise ConfigError(
             f"architecture {architecture!r} is not one this version of recsys knows "
-            f"({sorted(ARCHITECTURES)}); score with the recsys version that exported it."
+            f"({sorted(a.value for a in ARCHITECTURES)}); score with the recsys version that exported it."
         )
     return ARCHITECTURES[architecture].config.from_dict(d)

@@ -9,13 +9,10 @@ import torch
 from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor, PoolingType
 
-from recsys.config import Combine, LookupPart, Pooling, Schema
+from recsys.config import Combine, Pooling
 from recsys.model.combine import combine_pooled, feature_lookups
-
-# Width of each first-order (per-id bias) table. One column would do, but FBGEMM's sharded
-# kernels need a multiple of 4 columns, so the bias is the sum of 4 learned columns.
-FIRST_ORDER_WIDTH = 4
-FIRST_ORDER_SUFFIX = "__first_order"
+from recsys.model.layout import FIRST_ORDER_SUFFIX, FIRST_ORDER_WIDTH, WeightLayout
+from recsys.schema import LookupPart, Schema
 
 _POOLING = {Pooling.sum: PoolingType.SUM, Pooling.mean: PoolingType.MEAN}
 
@@ -75,6 +72,7 @@ class SparseArch(nn.Module):
         self.feature_names = [f.name for f in schema.sparse_features]
         # Per feature: its lookup keys (one unless double / qr hashing) and how they combine.
         self.lookups = feature_lookups(schema)
+        self.table_names = [t.name for t in schema.tables]
         self.embedding_bags = EmbeddingBagCollection(
             tables=embedding_configs(schema), device=device
         )
@@ -93,3 +91,15 @@ class SparseArch(nn.Module):
         biases = self.first_order_bags(features).to_dict()
         per_feature = [combine_pooled(biases, k, c, first_order=True) for k, c in self.lookups]
         return vectors, torch.stack([b.sum(dim=1) for b in per_feature], dim=1)
+
+    def weight_layout(self) -> WeightLayout:
+        """State keys of every table and bias table (TorchRec's EmbeddingBagCollection names
+        a table's weight `embedding_bags.<table>.weight`)."""
+        tables = {t: f"embedding_bags.embedding_bags.{t}.weight" for t in self.table_names}
+        first_order = {}
+        if self.first_order_bags is not None:
+            first_order = {
+                t: f"first_order_bags.embedding_bags.{t}{FIRST_ORDER_SUFFIX}.weight"
+                for t in self.table_names
+            }
+        return WeightLayout(tables, first_order, dense_prefix="")

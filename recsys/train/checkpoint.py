@@ -21,24 +21,24 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import shutil
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 
-from recsys.config import ConfigError, Schema
+from recsys.config import ConfigError
 from recsys.distributed.env import DistEnv, broadcast_object, gather_objects
+from recsys.schema import Schema, schema_differences
+from recsys.train.seeding import restore_rng, rng_state
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,8 @@ TMP_SUFFIX = ".tmp"
 META_FILE = "meta.json"
 STATE_FILE = "trainer_state.pt"
 FORMAT_VERSION = 1
+# The checkpoint's two sections; DCP flattens them into "<section>.<state key>".
+MODEL_SECTION, OPTIMIZER_SECTION = "model", "optim"
 
 
 class CheckpointError(ConfigError):
@@ -67,6 +69,57 @@ class ResumePoint:
 
 
 # ------------------------------------------------------------------------------------ saving
+
+
+class Checkpointer:
+    """Decides when to save: every N steps and/or at epoch end, never twice for one step."""
+
+    def __init__(
+        self,
+        output_dir: Path,
+        every_n_steps: int | None,
+        at_epoch_end: bool,
+        keep_last: int,
+        save: Callable[..., Path],
+    ):
+        if every_n_steps is not None and every_n_steps < 1:
+            raise ConfigError(
+                f"trainer.checkpoint.every_n_steps={every_n_steps}: need >= 1, or null for off."
+            )
+        if keep_last < 1:
+            raise ConfigError(f"trainer.checkpoint.keep_last={keep_last}: keep at least 1.")
+        self.output_dir, self.every_n_steps = Path(output_dir), every_n_steps
+        self.at_epoch_end, self.keep_last = at_epoch_end, keep_last
+        self._save = save  # called with output_dir, step, epoch, progress, keep_last by name
+        self.last_saved_step: int | None = None
+        self.saved: list[Path] = []
+
+    def after_step(self, step: int, epoch: int, progress: Any) -> None:
+        if self.every_n_steps and step % self.every_n_steps == 0:
+            self._write(step, epoch, progress)
+
+    def after_epoch(self, step: int, next_epoch: int) -> None:
+        if self.at_epoch_end:
+            self._write(step, next_epoch, None)
+
+    def at_stop(self, step: int, epoch: int, progress: Any) -> None:
+        """Training ends inside an epoch (max_steps, early stopping): keep the exact position,
+        so a resume with a larger budget reads the rest of that epoch, not the next one."""
+        if self.at_epoch_end or self.every_n_steps:
+            self._write(step, epoch, progress)
+
+    def _write(self, step: int, epoch: int, progress: Any) -> None:
+        if step == 0 or step == self.last_saved_step:
+            return  # nothing trained yet, or this step is saved already
+        saved = self._save(
+            output_dir=self.output_dir,
+            step=step,
+            epoch=epoch,
+            progress=progress,
+            keep_last=self.keep_last,
+        )
+        self.saved.append(saved)
+        self.last_saved_step = step
 
 
 def save_checkpoint(
@@ -101,10 +154,11 @@ def save_checkpoint(
     # rank, which would not fit another sharding, and the lr schedule is a function of the step.
     with _quiet_dcp():
         dcp.save(
-            {"model": model.state_dict(), "optim": optimizer.state_dict()}, checkpoint_id=staging
+            {MODEL_SECTION: model.state_dict(), OPTIMIZER_SECTION: optimizer.state_dict()},
+            checkpoint_id=staging,
         )
     progress_parts = gather_objects(progress.state_dict() if progress is not None else None, env)
-    rng_states = gather_objects(_rng_state(), env)
+    rng_states = gather_objects(rng_state(), env)
     if env.is_main:
         merged = _merge_progress(progress, progress_parts)
         trainer_state = {
@@ -228,11 +282,11 @@ def load_checkpoint(
     _init_optimizer_state(optimizer)
     model_state, optim_state = model.state_dict(), optimizer.state_dict()
     with _quiet_dcp():
-        dcp.load({"model": model_state, "optim": optim_state}, checkpoint_id=path)
+        dcp.load({MODEL_SECTION: model_state, OPTIMIZER_SECTION: optim_state}, checkpoint_id=path)
     model.load_state_dict(model_state)
     optimizer.load_state_dict(optim_state)
     trainer_state = torch.load(path / STATE_FILE, weights_only=False)
-    _restore_rng(trainer_state, env, seed)
+    restore_rng(trainer_state, env, seed)
     log.info(
         "resumed from %s: step %d, epoch %d (written by %d process(es))",
         path,
@@ -275,71 +329,7 @@ def check_schema(saved: dict[str, Any], schema: Schema, where: Path) -> None:
     )
 
 
-def schema_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Human-readable `data.*` keys whose values differ: 'data.tables.user.num_buckets: 8 -> 16'."""
-    out = []
-    if saved["label"] != current["label"]:
-        out.append(f"data.label: {saved['label']} -> {current['label']}")
-    for kind in ("features", "tables"):
-        before = {e["name"]: e for e in saved[kind]}
-        after = {e["name"]: e for e in current[kind]}
-        for name in sorted(before.keys() | after.keys()):
-            if name not in after:
-                out.append(f"data.{kind}.{name}: removed")
-            elif name not in before:
-                out.append(f"data.{kind}.{name}: added")
-            else:
-                for key in sorted(before[name].keys() | after[name].keys()):
-                    old, new = before[name].get(key), after[name].get(key)
-                    if old != new:
-                        out.append(f"data.{kind}.{name}.{key}: {old} -> {new}")
-    if not out:  # same entries, other order: the model's feature axis follows the order
-        out.append("data.features order")
-    return out
-
-
-# ------------------------------------------------------------------------------- RNG, helpers
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def _restore_rng(trainer_state: dict[str, Any], env: DistEnv, seed: int) -> None:
-    states = trainer_state["rng"]
-    if trainer_state["world_size"] != env.world_size:
-        log.warning(
-            "checkpoint written by %d process(es), resumed on %d: RNG states reseeded from "
-            "(trainer.seed, step, rank); the run is not bit-identical to an uninterrupted one.",
-            trainer_state["world_size"],
-            env.world_size,
-        )
-        reseed(seed, trainer_state["step"], env.rank)
-        return
-    state = states[env.rank]
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
-def reseed(seed: int, step: int, rank: int) -> None:
-    seed_everything(int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0]))
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's, NumPy's and torch's global generators."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+# ------------------------------------------------------------------------------- helpers
 
 
 @contextmanager

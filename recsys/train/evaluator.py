@@ -1,66 +1,68 @@
-"""Evaluations during training: every N steps and at epoch ends, with early stopping."""
+"""Evaluation passes: exact metrics over every row of every rank, and the predictions."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
+from dataclasses import dataclass
 
+import numpy as np
+import torch
 from torch import nn
 
-from recsys.config import ConfigError, Schema, TrainerConfig
-from recsys.data.loader import StreamingDataset
-from recsys.distributed.env import DistEnv
-from recsys.train.loop import Evaluation, TrainState, evaluate
-from recsys.train.stopping import EarlyStopping
-
-log = logging.getLogger(__name__)
-
-Recorder = Callable[[Evaluation, TrainState, str], None]  # (evaluation, state, metric prefix)
+from recsys.data.batch import Batch
+from recsys.data.loader import StreamingDataset, make_loader
+from recsys.distributed.env import DistEnv, lockstep
+from recsys.distributed.gather import all_gather_rows
+from recsys.metrics import BinaryMetrics, MetricAccumulator
+from recsys.schema import Schema
 
 
-class Evaluator:
-    """Evaluates `data` every `trainer.eval_every_n_steps` steps (an `after_step` hook) and
-    at epoch ends, records each evaluation under `prefix`, and asks training to stop when
-    early stopping says so (every rank sees the same metrics, so all stop at the same step).
+@dataclass
+class Evaluation:
+    metrics: BinaryMetrics
+    row_ids: np.ndarray  # every eval row's id (of all ranks) ...
+    probs: np.ndarray  # ... and its predicted click probability, sorted by row id
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, dataset: StreamingDataset, schema: Schema, env: DistEnv
+) -> Evaluation:
+    """Exact metrics and predictions over every row of `dataset` on every rank (a collective).
+
+    `model` is the train wrapper (batch -> (loss, (loss, logits, labels))); it is left in
+    train mode again afterwards.
     """
+    model.eval()
+    accumulator = MetricAccumulator()
+    row_ids, probs = [], []
+    padding = Batch.padding(schema, dataset.options.batch_size)
+    loader = lockstep(make_loader(dataset), padding, env)
+    try:
+        for batch in loader:
+            batch = batch.to(env.device, non_blocking=True)
+            _, (_, logits, labels) = model(batch)
+            p = torch.sigmoid(logits.float()).cpu()
+            accumulator.update(labels.cpu(), p, batch.weights.cpu())
+            real = batch.real_rows.cpu()
+            row_ids.append(batch.row_ids.cpu()[real])
+            probs.append(p[real])
+    finally:
+        loader.close()  # stops the loader's read-ahead now, also when a batch failed
+        model.train()
+    metrics = accumulator.compute()
+    return Evaluation(metrics, *_all_predictions(row_ids, probs))
 
-    def __init__(
-        self,
-        model: nn.Module,
-        data: StreamingDataset,
-        schema: Schema,
-        env: DistEnv,
-        trainer: TrainerConfig,
-        record: Recorder,
-        prefix: str,
-    ):
-        every = trainer.eval_every_n_steps
-        if every is not None and every < 1:
-            raise ConfigError(
-                f"trainer.eval_every_n_steps={every}: must be >= 1, or null (epoch ends only)."
-            )
-        self.model, self.data, self.schema, self.env = model, data, schema, env
-        self.every, self.record, self.prefix = every, record, prefix
-        stopping = trainer.early_stopping
-        self.stopper = EarlyStopping(stopping) if stopping.enabled else None
-        self.last: Evaluation | None = None
-        self.last_step = -1
 
-    def after_step(self, state: TrainState) -> None:
-        if self.every is not None and state.step % self.every == 0:
-            with state.paused():  # a train pipeline gives the model its own forwards back
-                self.run(state)
+def _all_predictions(
+    row_ids: list[torch.Tensor], probs: list[torch.Tensor]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every rank's (row id, probability) pairs, sorted by row id, on every rank."""
+    ids = torch.cat(row_ids) if row_ids else torch.zeros(0, dtype=torch.int64)
+    ps = torch.cat(probs) if probs else torch.zeros(0)
+    ids = all_gather_rows(ids.view(1, -1))[0].numpy()
+    ps = all_gather_rows(ps.float().view(1, -1))[0].numpy()
+    order = np.argsort(ids, kind="stable")
+    return ids[order], ps[order]
 
-    def at_epoch_end(self, state: TrainState) -> Evaluation:
-        """The evaluation at this step (run now unless a step hook just ran it)."""
-        if self.last is None or self.last_step != state.step:
-            self.run(state)
-        return self.last
 
-    def run(self, state: TrainState) -> Evaluation:
-        evaluation = evaluate(self.model, self.data, self.schema, self.env)
-        self.last, self.last_step = evaluation, state.step
-        self.record(evaluation, state, self.prefix)
-        if self.stopper is not None and state.stop_reason is None:
-            state.stop_reason = self.stopper.update(evaluation.metrics, state.step)
-        return evaluation
+__all__ = ["Evaluation", "evaluate"]

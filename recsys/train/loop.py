@@ -1,42 +1,51 @@
-"""One training epoch and one evaluation pass, read top to bottom."""
+"""One training epoch, read top to bottom: an iterator that yields after every step.
+
+The recipe iterates an `Epoch` and does what falls between steps (a mid-run evaluation, a
+checkpoint, stopping early) itself, so the loop holds no callbacks:
+
+    with Epoch(job, dataset, state) as epoch:  # leaving it stops the pipeline and loader
+        for report in epoch:
+            log(report.metrics)                  # train/* on log steps, else empty
+            if evaluation_due:
+                with epoch.paused(): evaluate()  # a train pipeline hands the model back
+    log(epoch.end())                             # rows trained and skipped, over all ranks
+
+Time spent by the caller between steps is not training time: the epoch's clock runs only
+while it trains.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from recsys.config import Schema, TrainerConfig
+from recsys.config import TrainerConfig
 from recsys.data.batch import Batch
 from recsys.data.loader import StreamingDataset, make_loader
 from recsys.data.progress import EpochProgress
 from recsys.distributed.env import DistEnv, gather_objects, lockstep
 from recsys.metrics import BinaryMetrics, MetricAccumulator
+from recsys.schema import Schema
 from recsys.train.optim import LRScheduler
-from recsys.train.steppers import Stepper, TakenBatches, make_stepper
+from recsys.train.steppers import TakenBatches, make_stepper
 
 log = logging.getLogger(__name__)
-
-MetricsSink = Callable[[dict[str, float], int], None]
 
 
 @dataclass
 class TrainState:
-    """Where training stands; what `after_step` hooks see after every completed step.
+    """Where training stands.
 
     `progress` holds exactly the batches trained so far this epoch (never the ones a train
-    pipeline has prefetched), so a checkpoint taken in a hook resumes at the right row.
-    A hook may set `stop_reason` to end training after this step (early stopping does), and
-    must wrap any forward pass of its own in `with state.paused():` (a train pipeline has
-    rewritten the sharded modules' forwards for its own batches until then).
+    pipeline has prefetched), so a checkpoint taken between steps resumes at the right row.
     """
 
     step: int = 0
@@ -44,12 +53,34 @@ class TrainState:
     samples: int = 0
     train_seconds: float = 0.0
     progress: EpochProgress | None = None  # None until the first epoch starts
-    stop_reason: str | None = None
-    paused: Callable[[], AbstractContextManager] = field(default=nullcontext, repr=False)
 
     @property
     def samples_per_second(self) -> float:
         return self.samples / self.train_seconds if self.train_seconds else 0.0
+
+
+@dataclass
+class TrainJob:
+    """What the loop trains with: the sharded train model, its optimizer and the settings."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schema: Schema
+    trainer: TrainerConfig
+    env: DistEnv
+    scheduler: LRScheduler | None = None
+
+    def reached_max_steps(self, state: TrainState) -> bool:
+        return self.trainer.max_steps is not None and state.step >= self.trainer.max_steps
+
+
+@dataclass
+class StepReport:
+    """One completed step: its batch, and the train/* metrics when it was a log step."""
+
+    state: TrainState
+    batch: Batch
+    metrics: dict[str, float]
 
 
 class _Window:
@@ -60,7 +91,7 @@ class _Window:
         self.loss_sum = torch.zeros((), device=device)
         self.weight_sum = 0.0
         self.samples = 0
-        self.started = time.perf_counter()
+        self.seconds = 0.0
         self.logits: list[torch.Tensor] = []
         self.batches: list[Batch] = []
 
@@ -73,104 +104,119 @@ class _Window:
         self.batches.append(batch)
 
 
-def train_epoch(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    dataset: StreamingDataset,
-    schema: Schema,
-    trainer: TrainerConfig,
-    env: DistEnv,
-    state: TrainState,
-    sink: MetricsSink,
-    after_step: Callable[[TrainState], None] | None = None,
-    scheduler: LRScheduler | None = None,
-    resume: EpochProgress | None = None,
-) -> bool:
-    """Train one epoch; returns False once training should end (max_steps or a hook's stop).
+class Epoch:
+    """Trains one epoch of `dataset`, one step per iteration, until the data runs out on
+    every rank or `trainer.max_steps` is reached. Leaving the iteration early (a `break`)
+    ends the epoch there. Used as a context manager, whose exit stops the train pipeline and
+    the loader (its read-ahead thread or worker processes) however the epoch ended.
 
     `resume` (an EpochProgress of this epoch) trains only the rows it has not recorded.
     """
-    model.train()
-    _start_epoch(dataset, state, resume)
-    padding = Batch.padding(schema, trainer.batch_size)
-    taken = TakenBatches(lockstep(make_loader(dataset), padding, env), _pins(trainer, env))
-    stepper = make_stepper(model, optimizer, env.device, trainer.pipeline)
-    state.paused = stepper.paused
-    bar = _progress_bar(dataset, trainer, env, state)
-    window, started, hook_seconds = _Window(env.device), time.perf_counter(), 0.0
-    try:
-        while not _reached_max_steps(state, trainer) and state.stop_reason is None:
-            if scheduler is not None:
-                scheduler.apply(state.step)  # before the step: the fused kernels read it
-            if not _train_step(stepper, taken, window, state):
-                break
-            bar.update(1)
-            if state.step % trainer.log_every_n_steps == 0:
-                _log_window(window, env, state, sink, bar, scheduler)
-                window = _Window(env.device)
-            hook_seconds += _run_hook(after_step, state, window)
-    finally:
-        stepper.close()
-        state.paused = nullcontext
-        bar.close()
-    state.train_seconds += time.perf_counter() - started - hook_seconds
-    rows = torch.tensor(float(taken.real_rows), device=env.device)
-    state.samples += int(_global_sum(rows, env).item())
-    _log_epoch_data(state, env, sink)
-    return not _reached_max_steps(state, trainer) and state.stop_reason is None
 
+    def __init__(
+        self,
+        job: TrainJob,
+        dataset: StreamingDataset,
+        state: TrainState,
+        resume: EpochProgress | None = None,
+    ):
+        self.job, self.dataset, self.state = job, dataset, state
+        self._resume = resume
+        self._stepper = make_stepper(job.model, job.optimizer, job.env.device, job.trainer.pipeline)
+        self._taken = TakenBatches(iter(()))
+        self._steps: Iterator[StepReport] | None = None
+        self._released = False
 
-def _log_epoch_data(state: TrainState, env: DistEnv, sink: MetricsSink) -> None:
-    """Rows trained and rows skipped as bad (by reason) this epoch, summed over ranks, so a
-    shortened epoch is visible in MLflow (`data.on_bad_row=skip` drops rows, never silently)."""
-    if state.progress is None:
-        return
-    merged = EpochProgress.merge(gather_objects(state.progress, env))
-    metrics = {"data/rows_trained": float(merged.rows)}
-    metrics["data/bad_rows"] = float(sum(merged.bad_rows.values()))
-    metrics |= {f"data/bad_rows/{reason}": float(n) for reason, n in merged.bad_rows.items()}
-    sink(metrics, state.step)
+    def __enter__(self) -> Epoch:
+        return self
 
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
-def _start_epoch(
-    dataset: StreamingDataset, state: TrainState, resume: EpochProgress | None
-) -> None:
-    if resume is not None:
-        dataset.set_epoch(state.epoch, resume=resume)
-        state.progress = resume
-        return
-    dataset.set_epoch(state.epoch)
-    state.progress = dataset.new_progress()
+    def close(self) -> None:
+        """Stop the pipeline and the loader now (also when iteration was left early)."""
+        if self._steps is not None:
+            self._steps.close()  # runs the generator's cleanup if it is suspended mid-epoch
+        self._release()
 
+    def _release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._stepper.close()
+            self._taken.close()
 
-def _train_step(stepper: Stepper, taken: TakenBatches, window: _Window, state: TrainState) -> bool:
-    """One optimizer step; False when the data is exhausted on every rank."""
-    try:
-        loss, logits, _ = stepper.step(taken)
-    except StopIteration:
-        return False
-    batch = taken.completed()  # the batch this step trained (a pipeline holds later ones)
-    state.step += 1
-    state.progress.record(batch)
-    window.add(loss, logits, batch)
-    return True
+    def paused(self) -> AbstractContextManager:
+        """Give the model its own forwards back (for an evaluation between steps)."""
+        return self._stepper.paused()
 
+    def __iter__(self) -> Iterator[StepReport]:
+        self._steps = self._run()
+        return self._steps
 
-def _run_hook(
-    after_step: Callable[[TrainState], None] | None, state: TrainState, window: _Window
-) -> float:
-    """Call the hook; its time (an evaluation, a checkpoint) is not training time."""
-    if after_step is None:
-        return 0.0
-    started = time.perf_counter()
-    after_step(state)
-    spent = time.perf_counter() - started
-    window.started += spent
-    return spent
+    def end(self) -> dict[str, float]:
+        """After the last step: count the epoch's rows into the state and return the rows
+        trained and skipped as bad (by reason), summed over ranks, so a shortened epoch is
+        visible (`data.on_bad_row=skip` drops rows, never silently). A collective."""
+        self.close()
+        env = self.job.env
+        rows = torch.tensor(float(self._taken.real_rows), device=env.device)
+        self.state.samples += int(_global_sum(rows, env).item())
+        merged = EpochProgress.merge(gather_objects(self.state.progress, env))
+        metrics = {"data/rows_trained": float(merged.rows)}
+        metrics["data/bad_rows"] = float(sum(merged.bad_rows.values()))
+        return metrics | {f"data/bad_rows/{r}": float(n) for r, n in merged.bad_rows.items()}
 
+    def _run(self) -> Iterator[StepReport]:
+        job, state = self.job, self.state
+        job.model.train()
+        self._start()
+        self._taken = taken = TakenBatches(self._batches(), _pins(job.trainer, job.env))
+        bar = _progress_bar(self.dataset, job.trainer, job.env, state)
+        window = _Window(job.env.device)
+        try:
+            while not job.reached_max_steps(state):
+                started = time.perf_counter()
+                if job.scheduler is not None:
+                    job.scheduler.apply(state.step)  # before the step: the fused kernels read it
+                batch = self._step(taken, window)
+                if batch is None:
+                    break
+                window.seconds += time.perf_counter() - started
+                metrics = {}
+                if state.step % job.trainer.log_every_n_steps == 0:
+                    metrics = _window_metrics(window, job, state, bar)
+                    window = _Window(job.env.device)
+                state.train_seconds += time.perf_counter() - started
+                bar.update(1)
+                yield StepReport(state, batch, metrics)
+        finally:
+            bar.close()
+            self._release()
 
-def _reached_max_steps(state: TrainState, trainer: TrainerConfig) -> bool:
-    return trainer.max_steps is not None and state.step >= trainer.max_steps
+    def _start(self) -> None:
+        state, resume = self.state, self._resume
+        if resume is not None:
+            self.dataset.set_epoch(state.epoch, resume=resume)
+            state.progress = resume
+            return
+        self.dataset.set_epoch(state.epoch)
+        state.progress = self.dataset.new_progress()
+
+    def _batches(self) -> Iterator[Batch]:
+        padding = Batch.padding(self.job.schema, self.job.trainer.batch_size)
+        return lockstep(make_loader(self.dataset), padding, self.job.env)
+
+    def _step(self, taken: TakenBatches, window: _Window) -> Batch | None:
+        """One optimizer step; None when the data is exhausted on every rank."""
+        try:
+            loss, logits, _ = self._stepper.step(taken)
+        except StopIteration:
+            return None
+        batch = taken.completed()  # the batch this step trained (a pipeline holds later ones)
+        self.state.step += 1
+        self.state.progress.record(batch)
+        window.add(loss, logits, batch)
+        return batch
 
 
 def _pins(trainer: TrainerConfig, env: DistEnv) -> bool:
@@ -189,14 +235,9 @@ def _progress_bar(
     )
 
 
-def _log_window(
-    window: _Window,
-    env: DistEnv,
-    state: TrainState,
-    sink: MetricsSink,
-    bar: tqdm,
-    scheduler: LRScheduler | None,
-) -> None:
+def _window_metrics(
+    window: _Window, job: TrainJob, state: TrainState, bar: tqdm
+) -> dict[str, float]:
     # .item() and the metric gather are host sync points: done only here, on log steps.
     device = window.loss_sum.device
     sums = _global_sum(
@@ -207,20 +248,20 @@ def _log_window(
                 torch.tensor(float(window.samples), device=device),
             ]
         ),
-        env,
+        job.env,
     )
     loss = (sums[0] / sums[1].clamp(min=1.0)).item()
-    rate = sums[2].item() / max(time.perf_counter() - window.started, 1e-9)
+    rate = sums[2].item() / max(window.seconds, 1e-9)
     metrics = {"train/loss": loss, "train/samples_per_s": rate, "epoch": float(state.epoch)}
-    metrics |= _window_metrics(window).as_dict(prefix="train/")
+    metrics |= _classification_metrics(window).as_dict(prefix="train/")
     metrics.pop("train/num_examples")
-    if scheduler is not None:
-        metrics |= scheduler.lrs()
-    sink(metrics, state.step)
+    if job.scheduler is not None:
+        metrics |= job.scheduler.lrs()
     bar.set_postfix(loss=f"{loss:.4f}", rate=f"{rate:,.0f}/s")
+    return metrics
 
 
-def _window_metrics(window: _Window) -> BinaryMetrics:
+def _classification_metrics(window: _Window) -> BinaryMetrics:
     """AUC, NE, calibration, CTR over the window's rows of every rank (a collective)."""
     accumulator = MetricAccumulator()
     for logits, batch in zip(window.logits, window.batches, strict=True):
@@ -235,53 +276,4 @@ def _global_sum(values: torch.Tensor, env: DistEnv) -> torch.Tensor:
     return values.cpu()
 
 
-@dataclass
-class Evaluation:
-    metrics: BinaryMetrics
-    row_ids: np.ndarray | None  # rank 0 only: every eval row's id ...
-    probs: np.ndarray | None  # ... and predicted click probability, sorted by row id
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, dataset: StreamingDataset, schema: Schema, env: DistEnv
-) -> Evaluation:
-    """Exact metrics over every eval row of every rank; predictions gathered on rank 0."""
-    model.eval()
-    accumulator = MetricAccumulator()
-    row_ids, probs = [], []
-    padding = Batch.padding(schema, dataset.options.batch_size)
-    for batch in lockstep(make_loader(dataset), padding, env):
-        batch = batch.to(env.device, non_blocking=True)
-        _, (_, logits, labels) = model(batch)
-        p = torch.sigmoid(logits.float()).cpu()
-        accumulator.update(labels.cpu(), p, batch.weights.cpu())
-        real = batch.real_rows.cpu()
-        row_ids.append(batch.row_ids.cpu()[real].numpy())
-        probs.append(p[real].numpy())
-    metrics = accumulator.compute()
-    ids, ps = _gather_predictions(
-        np.concatenate(row_ids or [np.zeros(0, np.int64)]),
-        np.concatenate(probs or [np.zeros(0, np.float32)]),
-        env,
-    )
-    model.train()
-    return Evaluation(metrics, ids, ps)
-
-
-def _gather_predictions(
-    row_ids: np.ndarray, probs: np.ndarray, env: DistEnv
-) -> tuple[np.ndarray | None, np.ndarray | None]:
-    parts = [(row_ids, probs)]
-    if env.world_size > 1:
-        parts = [None] * env.world_size if env.is_main else None
-        dist.gather_object((row_ids, probs), parts, dst=0)
-    if not env.is_main:
-        return None, None
-    ids = np.concatenate([p[0] for p in parts])
-    ps = np.concatenate([p[1] for p in parts])
-    order = np.argsort(ids, kind="stable")
-    return ids[order], ps[order]
-
-
-__all__ = ["Evaluation", "TrainState", "evaluate", "train_epoch"]
+__all__ = ["Epoch", "StepReport", "TrainJob", "TrainState"]

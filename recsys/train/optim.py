@@ -1,7 +1,8 @@
 """Dense optimizer and learning-rate schedule, from `TrainerConfig`.
 
 The fused sparse optimizers live in `recsys.distributed.sharding` (they are fused into the
-embedding backward). The schedule is a pure function of the step, applied to every param
+embedding backward). Values are checked by `recsys.train.validate` before a run starts. The
+schedule is a pure function of the step, applied to every param
 group of the combined optimizer: TorchRec's `EmbeddingFusedOptimizer` copies its group's lr
 into the FBGEMM kernel on every `zero_grad()` / `step()`, so the sparse tables follow it too.
 """
@@ -13,9 +14,8 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from recsys.config import ConfigError, LRScheduleConfig, TrainerConfig
+from recsys.config import DenseOptimizer, LRDecay, LRScheduleConfig, TrainerConfig
 
-DECAYS = ("none", "linear", "cosine", "step")
 _INITIAL_LR = "initial_lr"  # the base lr of a param group, kept beside its current lr
 
 
@@ -24,40 +24,16 @@ def dense_optimizer_factory(
 ) -> Callable[[Iterable[torch.Tensor]], torch.optim.Optimizer]:
     """params -> the optimizer named by `trainer.optimizer` (KeyedOptimizerWrapper's input)."""
     lr, wd = trainer.lr, trainer.weight_decay
-    if len(trainer.betas) != 2 or not all(0.0 <= b < 1.0 for b in trainer.betas):
-        raise ConfigError(f"trainer.betas={list(trainer.betas)}: need two values in [0, 1).")
     betas = (float(trainer.betas[0]), float(trainer.betas[1]))
     factories = {
-        "adamw": lambda p: torch.optim.AdamW(p, lr=lr, betas=betas, weight_decay=wd),
-        "adam": lambda p: torch.optim.Adam(p, lr=lr, betas=betas, weight_decay=wd),
-        "sgd": lambda p: torch.optim.SGD(p, lr=lr, momentum=trainer.momentum, weight_decay=wd),
-        "adagrad": lambda p: torch.optim.Adagrad(p, lr=lr, weight_decay=wd),
+        DenseOptimizer.adamw: lambda p: torch.optim.AdamW(p, lr=lr, betas=betas, weight_decay=wd),
+        DenseOptimizer.adam: lambda p: torch.optim.Adam(p, lr=lr, betas=betas, weight_decay=wd),
+        DenseOptimizer.sgd: lambda p: torch.optim.SGD(
+            p, lr=lr, momentum=trainer.momentum, weight_decay=wd
+        ),
+        DenseOptimizer.adagrad: lambda p: torch.optim.Adagrad(p, lr=lr, weight_decay=wd),
     }
-    if trainer.optimizer not in factories:
-        raise ConfigError(
-            f"trainer.optimizer={trainer.optimizer!r}; choose one of {sorted(factories)}."
-        )
-    if lr <= 0:
-        raise ConfigError(f"trainer.lr={lr}: must be > 0.")
-    return factories[trainer.optimizer]
-
-
-def check_schedule(schedule: LRScheduleConfig) -> None:
-    """Fail on a schedule that cannot be meant, naming the trainer.lr_schedule key."""
-    key = "trainer.lr_schedule"
-    if schedule.decay not in DECAYS:
-        raise ConfigError(f"{key}.decay={schedule.decay!r}; choose one of {list(DECAYS)}.")
-    if schedule.warmup_steps < 0:
-        raise ConfigError(f"{key}.warmup_steps={schedule.warmup_steps}: must be >= 0.")
-    if schedule.decay_steps is not None and schedule.decay_steps < 1:
-        raise ConfigError(f"{key}.decay_steps={schedule.decay_steps}: must be >= 1 (or null).")
-    if not 0.0 <= schedule.min_lr_ratio <= 1.0:
-        raise ConfigError(f"{key}.min_lr_ratio={schedule.min_lr_ratio}: must be in [0, 1].")
-    if schedule.step_every < 1 or not 0.0 < schedule.step_gamma <= 1.0:
-        raise ConfigError(
-            f"{key}.step_every={schedule.step_every}, step_gamma={schedule.step_gamma}: "
-            "need step_every >= 1 and 0 < step_gamma <= 1."
-        )
+    return factories[DenseOptimizer(trainer.optimizer)]
 
 
 def lr_factor(step: int, schedule: LRScheduleConfig, total_steps: int) -> float:
@@ -71,13 +47,13 @@ def lr_factor(step: int, schedule: LRScheduleConfig, total_steps: int) -> float:
         return (step + 1) / (warmup + 1)  # never 0: a step at lr 0 would be wasted
     floor = schedule.min_lr_ratio
     since = step - warmup
-    if schedule.decay == "step":
+    if schedule.decay == LRDecay.step:
         return max(schedule.step_gamma ** (since // schedule.step_every), floor)
-    if schedule.decay == "none":
+    if schedule.decay == LRDecay.none:
         return 1.0
     span = schedule.decay_steps or max(total_steps - warmup, 1)
     progress = min(since / span, 1.0)
-    if schedule.decay == "linear":
+    if schedule.decay == LRDecay.linear:
         return floor + (1.0 - floor) * (1.0 - progress)
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))  # cosine
 
@@ -88,7 +64,6 @@ class LRScheduler:
     def __init__(
         self, optimizer: torch.optim.Optimizer, schedule: LRScheduleConfig, total_steps: int
     ):
-        check_schedule(schedule)
         self.optimizer, self.schedule, self.total_steps = optimizer, schedule, total_steps
         for group in optimizer.param_groups:
             group.setdefault(_INITIAL_LR, float(group["lr"]))

@@ -37,6 +37,14 @@ class TakenBatches(Iterator[Batch]):
         # Page-locked memory lets the copy to the GPU run on its own stream, not block.
         return batch.pin_memory() if self._pin else batch
 
+    def close(self) -> None:
+        """Stop the source (a generator's read-ahead thread, loader workers) now, not at
+        garbage collection: an epoch left early must not leave threads behind."""
+        close = getattr(self._batches, "close", None)
+        if close is not None:
+            close()
+        self._pending.clear()
+
     def completed(self) -> Batch:
         """The oldest batch pulled and not yet handed out: the one the last step trained."""
         batch = self._pending.popleft()

@@ -1,14 +1,17 @@
-"""Early stopping on a validation metric."""
+"""Early stopping on a validation metric (its config is checked by `recsys.train.validate`)."""
 
 from __future__ import annotations
 
 import math
 
-from recsys.config import ConfigError, EarlyStoppingConfig
+from recsys.config import EarlyStoppingConfig, StoppingMetric
 from recsys.metrics import BinaryMetrics
 
-# metric -> True when higher is better
-_DIRECTION = {"auc": True, "log_loss": False, "ne": False}
+_HIGHER_IS_BETTER = {
+    StoppingMetric.auc: True,
+    StoppingMetric.log_loss: False,
+    StoppingMetric.ne: False,
+}
 
 
 class EarlyStopping:
@@ -20,16 +23,6 @@ class EarlyStopping:
     """
 
     def __init__(self, config: EarlyStoppingConfig):
-        if config.metric not in _DIRECTION:
-            raise ConfigError(
-                f"trainer.early_stopping.metric={config.metric!r}; choose one of "
-                f"{sorted(_DIRECTION)}."
-            )
-        if config.patience < 0 or config.min_delta < 0:
-            raise ConfigError(
-                f"trainer.early_stopping: patience={config.patience}, "
-                f"min_delta={config.min_delta}; both must be >= 0."
-            )
         self.config = config
         self.best: float | None = None
         self.best_step: int | None = None
@@ -58,5 +51,5 @@ class EarlyStopping:
             return False
         if self.best is None:
             return True
-        delta = value - self.best if _DIRECTION[self.config.metric] else self.best - value
+        delta = value - self.best if _HIGHER_IS_BETTER[self.config.metric] else self.best - value
         return delta > self.config.min_delta

@@ -14,7 +14,6 @@ of the full array, so this works for table-, row-, column-wise and replicated ta
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,13 +26,14 @@ from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.tensor import DTensor
 
-from recsys.config import Schema
 from recsys.distributed.env import DistEnv
 from recsys.export.manifest import MANIFEST_FILE, Manifest
-from recsys.model.sparse import FIRST_ORDER_SUFFIX
+from recsys.model.layout import FIRST_ORDER_SUFFIX, WeightLayout
+from recsys.schema import Schema
 from recsys.train.checkpoint import (
     CHECKPOINTS_DIR,
     META_FILE,
+    MODEL_SECTION,
     CheckpointError,
     read_meta,
     resolve_checkpoint,
@@ -41,10 +41,7 @@ from recsys.train.checkpoint import (
 
 log = logging.getLogger(__name__)
 
-# Every embedding-bag table's weight, whatever module holds it.
-_TABLE_KEY = re.compile(r"embedding_bags\.(?P<table>[^.]+)\.weight$")
-_HEAD = "head."
-_MODEL = "model."  # DCP checkpoints keep the model's state under this key
+_MODEL = MODEL_SECTION + "."  # DCP flattens the checkpoint's model section into this prefix
 
 
 @dataclass
@@ -56,16 +53,21 @@ class WarmStartReport:
 
 
 def warm_start(
-    source: str | Path, model: nn.Module, schema: Schema, env: DistEnv, skip_mismatched: bool
+    source: str | Path,
+    model: nn.Module,
+    layout: WeightLayout,
+    schema: Schema,
+    env: DistEnv,
+    skip_mismatched: bool,
 ) -> WarmStartReport:
-    """Copy matching tables (and the dense part) from `source` into `model`. All ranks call it."""
+    """Copy matching tables (and the dense part) from `source` into `model`, whose state
+    entries `layout` names. All ranks call it."""
     kind, path = locate_source(Path(source))
     state = model.state_dict()
-    targets = _table_targets(state)
     if kind == "export":
-        report = _from_export(path, state, targets, skip_mismatched)
+        report = _from_export(path, state, layout, skip_mismatched)
     else:
-        report = _from_checkpoint(path, state, targets, schema, skip_mismatched)
+        report = _from_checkpoint(path, state, layout, schema, skip_mismatched)
     model.load_state_dict(state)
     if env.is_main:
         log.info(
@@ -93,16 +95,6 @@ def locate_source(path: Path) -> tuple[str, Path]:
         f"trainer.warm_start={path}: neither an export folder (with {MANIFEST_FILE}), a "
         f"checkpoint folder (with {META_FILE}), nor a run folder holding either."
     )
-
-
-def _table_targets(state: dict[str, Any]) -> dict[str, str]:
-    """Every embedding table of the model (first-order ones included) -> its state-dict key."""
-    targets = {}
-    for key in state:
-        match = _TABLE_KEY.search(key)
-        if match:
-            targets[match["table"]] = key
-    return targets
 
 
 def _shape_problem(name: str, want: tuple[int, ...], have: tuple[int, ...] | None) -> str | None:
@@ -135,12 +127,12 @@ def _accept(problem: str | None, name: str, report: WarmStartReport, skip: bool)
 
 
 def _from_export(
-    path: Path, state: dict[str, Any], targets: dict[str, str], skip: bool
+    path: Path, state: dict[str, Any], layout: WeightLayout, skip: bool
 ) -> WarmStartReport:
     manifest = Manifest.load(path)
     manifest.verify(path)
     report = WarmStartReport(path)
-    for name, key in targets.items():
+    for name, key in layout.embedding_keys().items():
         full = _export_table(path, manifest, name, tuple(state[key].shape))
         problem = _shape_problem(
             name, tuple(state[key].shape), None if full is None else full.shape
@@ -149,7 +141,7 @@ def _from_export(
             copy_full_into(state[key], torch.from_numpy(full))
             report.tables.append(name)
     dense = torch.load(path / manifest.dense["file"], weights_only=True)
-    report.dense = _copy_dense(state, dense)
+    report.dense = _copy_dense(state, layout, dense)
     return report
 
 
@@ -176,7 +168,7 @@ def _export_table(
 
 
 def _from_checkpoint(
-    path: Path, state: dict[str, Any], targets: dict[str, str], schema: Schema, skip: bool
+    path: Path, state: dict[str, Any], layout: WeightLayout, schema: Schema, skip: bool
 ) -> WarmStartReport:
     saved_sizes = {
         k: tuple(md.size)
@@ -186,12 +178,12 @@ def _from_checkpoint(
     _warn_on_rehashed_tables(read_meta(path)["schema"], schema)
     report = WarmStartReport(path)
     wanted: dict[str, Any] = {}
-    for name, key in targets.items():
+    for name, key in layout.embedding_keys().items():
         problem = _shape_problem(name, tuple(state[key].shape), saved_sizes.get(_MODEL + key))
         if _accept(problem, name, report, skip):
             wanted[_MODEL + key] = state[key]
             report.tables.append(name)
-    dense = list(dense_keys(state))
+    dense = list(layout.dense_keys(state))
     dense_ok = all(saved_sizes.get(_MODEL + k) == tuple(state[k].shape) for k in dense)
     if dense_ok:
         wanted.update({_MODEL + k: state[k] for k in dense})
@@ -222,20 +214,11 @@ def _warn_on_rehashed_tables(saved: dict[str, Any], schema: Schema) -> None:
 # -------------------------------------------------------------------------------- copying
 
 
-def dense_keys(state: dict[str, Any]) -> dict[str, str]:
-    """State key -> its key inside the dense part: 'model.head.over_arch.0.weight' ->
-    'over_arch.0.weight' (how the export's dense.pt names it)."""
-    out = {}
-    for key in state:
-        before, sep, rest = key.partition(_HEAD)
-        if sep and (not before or before.endswith(".")) and not _TABLE_KEY.search(key):
-            out[key] = rest
-    return out
-
-
-def _copy_dense(state: dict[str, Any], source: dict[str, torch.Tensor]) -> bool:
+def _copy_dense(
+    state: dict[str, Any], layout: WeightLayout, source: dict[str, torch.Tensor]
+) -> bool:
     """Copy the dense part when every parameter is there with the same shape, else keep it."""
-    targets = dense_keys(state)
+    targets = layout.dense_keys(state)
     mismatched = [
         k for k, s in targets.items() if s not in source or source[s].shape != state[k].shape
     ]

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recsys.data.batch import Batch
+from recsys.model.layout import WeightLayout
 
 
 class ClickModelTrain(nn.Module):
@@ -15,6 +16,10 @@ class ClickModelTrain(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
+
+    def weight_layout(self) -> WeightLayout:
+        """The wrapped model's layout, with its keys as this module's state dict names them."""
+        return self.model.weight_layout().under("model.")
 
     def forward(
         self, batch: Batch

@@ -13,12 +13,13 @@ import pyarrow.parquet as pq
 import pytest
 from torch.utils.data import DataLoader
 
-from recsys.cli.train import load_config
-from recsys.config import DataFormat, OnBadRow, resolve_schema
+from recsys.compose import load_config
+from recsys.config import DataFormat, OnBadRow
 from recsys.data.featurize import DataError
 from recsys.data.loader import LoaderOptions, StreamingDataset
 from recsys.data.progress import EpochProgress
 from recsys.data.source import SourceFormat
+from recsys.schema import resolve_schema
 from tests.data.test_text import write_text
 from tests.synthetic import make_click_log
 

@@ -6,17 +6,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from recsys.config import (
-    DataConfig,
-    DenseTransform,
-    FeatureKind,
-    FeatureSpec,
-    LabelSpec,
-    TableSpec,
-    resolve_schema,
-)
+from recsys.config import DataConfig, DenseTransform, FeatureKind, FeatureSpec, LabelSpec, TableSpec
 from recsys.data.featurize import DataError, RecordOrigin, featurize
 from recsys.hashing import hash_id
+from recsys.schema import resolve_schema
 
 
 def _schema(threshold: float | None = None):

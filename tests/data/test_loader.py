@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from recsys.cli.train import load_config
-from recsys.config import resolve_schema
+from recsys.compose import load_config
 from recsys.data.batch import Batch
 from recsys.data.featurize import DataError
 from recsys.data.loader import LoaderOptions, StreamingDataset
+from recsys.schema import resolve_schema
 from tests.synthetic import make_click_log
 
 

@@ -11,11 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 from torch.utils.data import DataLoader
 
-from recsys.cli.train import load_config
-from recsys.config import resolve_schema
+from recsys.compose import load_config
 from recsys.data.batch import Batch
 from recsys.data.loader import LoaderOptions, StreamingDataset
 from recsys.data.progress import EpochProgress
+from recsys.schema import resolve_schema
 from tests.synthetic import make_click_log
 
 

@@ -14,21 +14,14 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from recsys.cli.train import load_config
-from recsys.config import (
-    ConfigError,
-    DataConfig,
-    DataFormat,
-    FeatureKind,
-    FeatureSpec,
-    TableSpec,
-    resolve_schema,
-)
+from recsys.compose import load_config
+from recsys.config import ConfigError, DataConfig, DataFormat, FeatureKind, FeatureSpec, TableSpec
 from recsys.data.batch import Batch
 from recsys.data.loader import LoaderOptions, StreamingDataset
 from recsys.data.source import SourceFormat
 from recsys.data.text import CRITEO_COLUMNS
 from recsys.hashing import hash_id
+from recsys.schema import resolve_schema
 from tests.synthetic import make_click_log
 
 SIZES = (1001, 37, 520)

@@ -12,18 +12,12 @@ import pytest
 
 from data_tools.synth import OutputFormat, SynthOptions, write_synthetic
 from recsys.cli.data import main
-from recsys.config import (
-    DataConfig,
-    DenseTransform,
-    FeatureKind,
-    FeatureSpec,
-    TableSpec,
-    resolve_schema,
-)
+from recsys.config import DataConfig, DenseTransform, FeatureKind, FeatureSpec, TableSpec
 from recsys.data.featurize import DataError
 from recsys.data.hll import HyperLogLog
 from recsys.data.stats import StatsOptions, compute_stats, expected_collision_rate
 from recsys.hashing import hash_array
+from recsys.schema import resolve_schema
 
 
 @pytest.mark.parametrize("n", [1, 50, 3_000, 200_000])

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recsys.cli.train import load_config
-from recsys.config import ConfigError, resolve_schema
+from recsys.compose import load_config
+from recsys.config import ConfigError
 from recsys.model.mf import MFConfig, MFHead
 from recsys.model.registry import head_config
+from recsys.schema import resolve_schema
 
 # sparse features: user, item, user, item; dense: user, item, user
 TOWERS = dict(sparse_towers=("user", "item", "user", "item"), dense_towers=("user", "item", "user"))

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from recsys.cli.train import load_config
+from recsys.compose import load_config
 from recsys.export.manifest import ExportError, Manifest
 from recsys.export.scorer import Scorer
 from recsys.train.recipe import TrainResult, run

@@ -16,12 +16,14 @@ import torch
 from torch import nn
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 
-from recsys.cli.train import load_config
-from recsys.config import TrainConfig, resolve_schema
+from recsys.compose import load_config
+from recsys.config import TrainConfig
 from recsys.data.progress import EpochProgress
 from recsys.distributed.env import DistEnv
+from recsys.schema import resolve_schema
 from recsys.train.checkpoint import (
     META_FILE,
+    Checkpointer,
     CheckpointError,
     check_schema,
     find_latest,
@@ -30,7 +32,6 @@ from recsys.train.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from recsys.train.restore import Checkpointer
 
 ENV = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend="gloo")
 

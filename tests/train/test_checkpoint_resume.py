@@ -15,7 +15,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from recsys.cli.train import load_config
+from recsys.compose import load_config
 from recsys.export.scorer import Scorer
 from recsys.train.checkpoint import CheckpointError, find_latest, read_meta
 from recsys.train.recipe import TrainResult, run

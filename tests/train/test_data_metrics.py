@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from recsys.cli.train import load_config
+from recsys.compose import load_config
 from recsys.train.recipe import run
 from tests.synthetic import make_click_log
 

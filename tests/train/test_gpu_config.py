@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from recsys.cli.train import load_config
+from recsys.compose import load_config
 from recsys.config import ConfigError
 from recsys.train.recipe import run
 from tests.synthetic import TinyLog

@@ -1,4 +1,4 @@
-"""The training loop: pipeline vs plain loop, the lr that reaches the kernels, the step hook."""
+"""The training loop: pipeline vs plain loop, the lr that reaches the kernels, between steps."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from recsys.cli.train import load_config
-from recsys.config import resolve_schema
+from recsys.compose import load_config
 from recsys.distributed.env import init_distributed, shutdown_distributed
+from recsys.schema import resolve_schema
 from recsys.train import recipe
-from recsys.train.loop import TrainState, train_epoch
+from recsys.train.loop import Epoch, TrainJob, TrainState
 from recsys.train.optim import LRScheduler, lr_factor
 from recsys.train.recipe import run
 from tests.synthetic import TinyLog
@@ -49,9 +49,9 @@ def _setup(tiny_log: TinyLog, tmp_path: Path, extra: list[str]):
     cfg = load_config(tiny_log.overrides + QUIET + extra, output_dir=str(tmp_path / "o"))
     env = init_distributed("cpu")
     schema = resolve_schema(cfg.data, cfg.model.embedding_dim)
-    train_data, _ = recipe.datasets(cfg, schema, env)
-    model, optimizer, _ = recipe.build_training(cfg, schema, env)
-    return cfg, env, schema, train_data, model, optimizer
+    train_data = recipe.datasets(cfg, schema, env).train
+    training = recipe.build_training(cfg, schema, env)
+    return cfg, env, schema, train_data, training.model, training.optimizer
 
 
 def _kernel_lrs(optimizer) -> list[float]:
@@ -87,16 +87,15 @@ def test_schedule_reaches_dense_and_fused_sparse_optimizers(
         scheduler = LRScheduler(optimizer, cfg.trainer.lr_schedule, total_steps=10)
         seen: list[tuple[float, list[float], float]] = []
 
-        def after_step(state: TrainState) -> None:
-            dense = optimizer.optimizers[-1][1].param_groups[0]["lr"]
-            seen.append((dense, _kernel_lrs(optimizer), state.step))
-
         logged: list[dict[str, float]] = []
         state = TrainState()
-        train_epoch(
-            model, optimizer, train_data, schema, cfg.trainer, env, state,
-            lambda m, s: logged.append(m), after_step=after_step, scheduler=scheduler,
-        )  # fmt: skip
+        job = TrainJob(model, optimizer, schema, cfg.trainer, env, scheduler)
+        with Epoch(job, train_data, state) as epoch:
+            for report in epoch:  # between steps: what the fused kernels will use next
+                dense = optimizer.optimizers[-1][1].param_groups[0]["lr"]
+                seen.append((dense, _kernel_lrs(optimizer), state.step))
+                if report.metrics:
+                    logged.append(report.metrics)
     finally:
         shutdown_distributed()
     assert len(seen) == 10
@@ -119,11 +118,12 @@ def test_step_hook_sees_only_completed_batches_while_the_pipeline_prefetches(
     cfg, env, schema, train_data, model, optimizer = _setup(tiny_log, tmp_path, extra)
     rows_at_step: list[tuple[int, int]] = []
     state = TrainState()
+    job = TrainJob(model, optimizer, schema, cfg.trainer, env)
     try:
-        train_epoch(
-            model, optimizer, train_data, schema, cfg.trainer, env, state,
-            lambda m, s: None, after_step=lambda s: rows_at_step.append((s.step, s.progress.rows)),
-        )  # fmt: skip
+        with Epoch(job, train_data, state) as epoch:
+            for report in epoch:
+                rows_at_step.append((report.state.step, report.state.progress.rows))
+        epoch.end()
     finally:
         shutdown_distributed()
     # The pipeline has pulled two batches beyond each step; progress holds only trained ones.

@@ -1,4 +1,4 @@
-"""LR schedule shape (a pure function), dense optimizer choice, and config errors."""
+"""LR schedule shape (a pure function) and dense optimizer choice (errors: test_validate)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ import math
 import pytest
 import torch
 
-from recsys.config import ConfigError, LRScheduleConfig, TrainerConfig
+from recsys.config import DenseOptimizer, LRDecay, LRScheduleConfig, TrainerConfig
 from recsys.train.optim import (
     LRScheduler,
-    check_schedule,
     dense_optimizer_factory,
     estimated_total_steps,
     leaf_lrs,
@@ -52,29 +51,19 @@ def test_step_decay_multiplies_by_gamma_and_respects_the_floor() -> None:
     assert _curve(schedule, 10) == pytest.approx([1, 1, 1, 0.5, 0.5, 0.5, 0.25, 0.25, 0.25, 0.2])
 
 
-@pytest.mark.parametrize(
-    ("schedule", "key"),
-    [
-        (LRScheduleConfig(decay="exp"), "decay='exp'"),
-        (LRScheduleConfig(warmup_steps=-1), "warmup_steps=-1"),
-        (LRScheduleConfig(decay_steps=0), "decay_steps=0"),
-        (LRScheduleConfig(min_lr_ratio=1.5), "min_lr_ratio=1.5"),
-        (LRScheduleConfig(decay="step", step_gamma=0.0), "step_gamma=0.0"),
-    ],
-)
-def test_bad_schedules_name_the_key(schedule: LRScheduleConfig, key: str) -> None:
-    with pytest.raises(ConfigError, match="trainer.lr_schedule") as info:
-        check_schedule(schedule)
-    assert key in str(info.value)
+def test_every_decay_has_a_shape() -> None:
+    for decay in LRDecay:
+        factor = lr_factor(5, LRScheduleConfig(decay=decay, step_every=2), total_steps=10)
+        assert 0.0 <= factor <= 1.0, decay
 
 
 @pytest.mark.parametrize(
     ("name", "cls"),
     [
-        ("adamw", torch.optim.AdamW),
-        ("adam", torch.optim.Adam),
-        ("sgd", torch.optim.SGD),
-        ("adagrad", torch.optim.Adagrad),
+        (DenseOptimizer.adamw, torch.optim.AdamW),
+        (DenseOptimizer.adam, torch.optim.Adam),
+        (DenseOptimizer.sgd, torch.optim.SGD),
+        ("adagrad", torch.optim.Adagrad),  # a plain string, as a config built in Python has it
     ],
 )
 def test_dense_optimizer_from_config(name: str, cls: type) -> None:
@@ -87,13 +76,6 @@ def test_dense_optimizer_from_config(name: str, cls: type) -> None:
         assert group["momentum"] == 0.9
     if name.startswith("adam"):
         assert group["betas"] == (0.9, 0.999)
-
-
-def test_unknown_dense_optimizer_and_bad_betas_are_config_errors() -> None:
-    with pytest.raises(ConfigError, match=r"trainer.optimizer='lamb'.*adagrad"):
-        dense_optimizer_factory(TrainerConfig(optimizer="lamb"))
-    with pytest.raises(ConfigError, match=r"trainer.betas=\[0.9\]"):
-        dense_optimizer_factory(TrainerConfig(betas=[0.9]))
 
 
 def test_scheduler_scales_every_group_from_its_own_base_lr() -> None:

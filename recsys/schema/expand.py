@@ -21,21 +21,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-import numpy as np
-import pyarrow as pa
-
-from recsys.config import (
-    Combine,
-    ConfigError,
-    FeatureKind,
-    LookupPart,
-    ResolvedFeature,
-    ResolvedLookup,
-    ResolvedTable,
-    TableHashing,
-    TableSpec,
-)
-from recsys.hashing import hash_array, qr_split, second_seed
+from recsys.config import Combine, ConfigError, FeatureKind, TableHashing, TableSpec
+from recsys.hashing import second_seed
+from recsys.schema.resolved import LookupPart, ResolvedFeature, ResolvedLookup, ResolvedTable
 
 SECOND_SUFFIX = "__h2"  # the second lookup (and table) of double hashing
 QUOTIENT_SUFFIX, REMAINDER_SUFFIX = "__q", "__r"
@@ -177,25 +165,3 @@ def _check_unique(tables: list[ResolvedTable], lookups: list[ResolvedLookup]) ->
                 f"(suffixes {SECOND_SUFFIX}, {QUOTIENT_SUFFIX}, {REMAINDER_SUFFIX} are "
                 f"reserved); rename the table or feature in data.tables / data.features."
             )
-
-
-def lookup_ids(
-    values: pa.Array | pa.ChunkedArray, lookups: tuple[ResolvedLookup, ...]
-) -> dict[str, np.ndarray]:
-    """Row ids (int64, 0 = missing) of every lookup of one feature's flat id column.
-
-    Each distinct (seed, hash_buckets) is hashed once, whatever the number of lookups.
-    """
-    hashed: dict[tuple[int, int], np.ndarray] = {}
-    out: dict[str, np.ndarray] = {}
-    for lk in lookups:
-        rule = (lk.seed, lk.hash_buckets)
-        if rule not in hashed:
-            hashed[rule] = hash_array(values, lk.seed, lk.hash_buckets)
-        buckets = hashed[rule]
-        if lk.part is LookupPart.bucket:
-            out[lk.key] = buckets
-        else:
-            quotient, remainder = qr_split(buckets, lk.divisor)
-            out[lk.key] = quotient if lk.part is LookupPart.quotient else remainder
-    return out

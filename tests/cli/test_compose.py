@@ -1,0 +1,32 @@
+"""`recsys.compose`: configs load from conf/ (and a user's folder) as the CLI composes them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra.errors import HydraException
+
+from recsys.compose import conf_dir, explain, load_config
+from recsys.config import ConfigError, Device, TrainConfig
+
+
+def test_conf_dir_holds_the_primary_config() -> None:
+    assert (Path(conf_dir()) / "train.yaml").is_file()
+
+
+def test_load_config_gives_typed_config_with_enum_choices() -> None:
+    cfg = load_config(["trainer=gpu"], output_dir="somewhere")
+    assert isinstance(cfg, TrainConfig) and cfg.output_dir == "somewhere"
+    assert cfg.trainer.device is Device.cuda  # conf/trainer/gpu.yaml says device: cuda
+
+
+def test_user_config_dir_adds_group_options(tmp_path: Path) -> None:
+    (tmp_path / "trainer").mkdir()
+    (tmp_path / "trainer" / "quick.yaml").write_text("defaults:\n  - cpu\n  - _self_\nepochs: 1\n")
+    assert load_config(["trainer=quick"], config_dir=str(tmp_path)).trainer.epochs == 1
+    with pytest.raises(HydraException) as info:
+        load_config(["trainer=quick"])
+    assert "trainer/quick" in explain(info.value) and "cpu, gpu" in explain(info.value)
+    with pytest.raises(ConfigError, match="--config-dir"):
+        load_config([], config_dir=str(tmp_path / "nowhere"))
