@@ -22,7 +22,7 @@ CONFIG_NAME = "train"
 
 def conf_dir() -> str:
     """The folder holding train.yaml and its groups (data/, model/, trainer/, ...)."""
-    return str(Path(__file__).resolve().parents[1] / "conf")
+    return str(Path(__file__).resolve().parent / "conf")
 
 
 def load_config(

@@ -76,9 +76,9 @@ def shard_model(
     sharding_type = ShardingType(sharding_type)
     constraints = None
     if sharding_type != ShardingType.auto:
-        forced = TorchrecShardingType(sharding_type.value).value
+        forced = [sharding_type.value]  # our names are TorchRec's ShardingType values
         constraints = {
-            name: ParameterConstraints(sharding_types=[forced]) for name in table_names(model)
+            name: ParameterConstraints(sharding_types=forced) for name in table_names(model)
         }
     topology = Topology(world_size=env.world_size, compute_device=env.device.type)
     planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)

@@ -3,7 +3,8 @@
 Every model is the shared sparse part (`recsys.model.sparse`) followed by a plain-torch head;
 a head is fully described by its config, which the export saves beside its weights. Training
 builds the config from the schema (`head_config`), serving from the manifest (`build_head`).
-Adding a model is a `ModelName` member and one entry here. No torchrec: the serving scorer imports this module.
+Adding a model is a `ModelName` member and one entry here. No torchrec: the serving scorer
+imports this module.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Benchmarks behind `make bench`: importable functions that return their measurements."""

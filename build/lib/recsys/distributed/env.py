@@ -1,0 +1,112 @@
+"""Process-group setup: torchrun's environment, or a one-process group when run directly.
+
+torchrun (single- or multi-node, c10d rendezvous) sets RANK, WORLD_SIZE, LOCAL_RANK and
+MASTER_ADDR/PORT; nothing here schedules processes. A plain `recsys-train` still needs a process
+group because DistributedModelParallel does, so it gets a world of one over an in-memory store.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+
+from recsys.config import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_name: str) -> DistEnv:
+    """Join (or create) the process group: gloo on CPU, NCCL on GPU."""
+    rank = int(os.environ.get("RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = _device(device_name, local_rank)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if not dist.is_initialized():
+        device_id = device if device.type == "cuda" else None
+        if "MASTER_ADDR" in os.environ:  # torchrun (or the user) says where to rendezvous
+            dist.init_process_group(backend, rank=rank, world_size=world_size, device_id=device_id)
+        elif world_size == 1:
+            # A world of one needs no network: an in-memory store, so back-to-back runs in
+            # one process (sweeps, tests) never fight over a port.
+            store = dist.HashStore()
+            dist.init_process_group(backend, store=store, rank=0, world_size=1, device_id=device_id)
+        else:
+            raise ConfigError(
+                f"WORLD_SIZE={world_size} but MASTER_ADDR is not set: launch with torchrun."
+            )
+    return DistEnv(rank, world_size, local_rank, device, backend)
+
+
+def _device(name: str, local_rank: int) -> torch.device:
+    """This rank's device for `trainer.device` (a `Device`; `recsys.train.validate` checks it,
+    the CUDA check stays for callers that build a process group without validating)."""
+    from recsys.config import Device
+
+    if Device(name) is Device.cpu:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError("trainer.device=cuda but no CUDA device is visible; use trainer=cpu.")
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
+
+
+def shutdown_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def broadcast_object(obj: Any, env: DistEnv) -> Any:
+    """Rank 0's value of `obj` on every rank."""
+    if env.world_size == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_objects(obj: Any, env: DistEnv) -> list[Any]:
+    """Every rank's value of `obj`, in rank order, on every rank."""
+    if env.world_size == 1:
+        return [obj]
+    parts: list[Any] = [None] * env.world_size
+    dist.all_gather_object(parts, obj)
+    return parts
+
+
+def lockstep(items: Iterable[T], padding: T, env: DistEnv) -> Iterator[T]:
+    """Yield local items until every rank is exhausted, `padding` once this one is.
+
+    Sharded lookups are collectives, so all ranks must run the same number of steps; a rank
+    whose share of the data is smaller feeds weight-0 padding instead of hanging the others.
+    This costs one tiny all-reduce per step (a host sync), only when world_size > 1.
+    """
+    iterator = iter(items)
+    while True:
+        item = next(iterator, None)
+        if env.world_size > 1:
+            alive = torch.tensor([int(item is not None)], device=env.device)
+            dist.all_reduce(alive, op=dist.ReduceOp.MAX)
+            if not alive.item():
+                return
+        elif item is None:
+            return
+        yield item if item is not None else padding

@@ -1,0 +1,44 @@
+"""Collecting every rank's rows: the one gather that metrics and predictions share.
+
+Ranks hold different numbers of rows (uneven files, padding dropped), so the gather first
+agrees on lengths, pads to the longest, gathers, then trims: one collective for any row count.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def _collective_device(group: dist.ProcessGroup | None = None) -> torch.device:
+    """Device the group's backend communicates on: CUDA for NCCL, CPU otherwise (gloo)."""
+    if dist.get_backend(group) == dist.Backend.NCCL:
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_gather_rows(rows: torch.Tensor, group: dist.ProcessGroup | None = None) -> torch.Tensor:
+    """All-gather a ``[k, n_rank]`` tensor whose ``n_rank`` differs per rank.
+
+    Lengths are gathered first, every rank pads to the maximum, gathers, then trims.
+
+    Args:
+        rows: Local tensor of shape ``[k, n_rank]``, the same dtype on every rank.
+        group: Process group, or ``None`` for the default group.
+
+    Returns:
+        The ``[k, sum(n_rank)]`` concatenation in rank order, on CPU, identical on all ranks (the local rows when there is no process group of several).
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
+        return rows.cpu()
+    device = _collective_device(group)
+    world = dist.get_world_size(group)
+    length = torch.tensor([rows.shape[1]], dtype=torch.int64, device=device)
+    lengths = [torch.empty_like(length) for _ in range(world)]
+    dist.all_gather(lengths, length, group=group)
+    sizes = [int(n) for n in torch.cat(lengths).cpu()]
+    padded = torch.zeros(rows.shape[0], max(sizes), dtype=rows.dtype, device=device)
+    padded[:, : rows.shape[1]] = rows.to(device)
+    gathered = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(gathered, padded, group=group)
+    return torch.cat([g[:, :n].cpu() for g, n in zip(gathered, sizes, strict=True)], dim=1)

@@ -1,0 +1,248 @@
+"""Batch scoring from a serving export: raw records in, click probabilities out.
+
+Needs torch, numpy and pyarrow only: no torchrec, no process group, no training code beyond
+the shared read path and featurizer (which is what makes serving read and hash records exactly
+as training did) and the plain-torch dense part.
+
+Records are read as the training data was laid out (the manifest's `source`: Parquet, CSV, TSV
+or Criteo, header or not), never guessed from a file name; `input_format` may override it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from recsys.config import ConfigError, DataFormat, OnBadRow, Pooling, Tower
+from recsys.data.featurize import IN_MEMORY, FeatureArrays, RecordOrigin, featurize
+from recsys.data.reader import RowReader
+from recsys.data.rowcheck import BadRowLog
+from recsys.data.source import SourceFormat, UnitError
+from recsys.export.manifest import MANIFEST_FILE, ExportError, Manifest
+from recsys.model.combine import combine_pooled
+from recsys.model.registry import build_head, head_config_from_dict
+from recsys.schema import ResolvedLookup, Schema
+
+log = logging.getLogger(__name__)
+
+
+class Scorer:
+    """Scores raw records with an exported model."""
+
+    def __init__(self, export_dir: Path, verify: bool = True):
+        export_dir = Path(export_dir)
+        self.manifest = Manifest.load(export_dir)
+        if verify:
+            self.manifest.verify(export_dir)
+        self.schema = self.manifest.schema
+        # Memory-mapped: a serving box touches only the rows its ids hash to.
+        self.tables = {
+            n: np.load(export_dir / t["file"], mmap_mode="r")
+            for n, t in self.manifest.tables.items()
+        }
+        self.biases = {
+            n: np.load(export_dir / t["first_order"]["file"], mmap_mode="r")
+            for n, t in self.manifest.tables.items()
+            if t.get("first_order")
+        }
+        self.head = build_head(_head_config(self.manifest))
+        self.head.load_state_dict(
+            torch.load(export_dir / self.manifest.dense["file"], weights_only=True)
+        )
+        self.head.eval()
+
+    @torch.no_grad()
+    def score(
+        self, records: pa.Table | pa.RecordBatch, origin: RecordOrigin = IN_MEMORY
+    ) -> np.ndarray:
+        """Click probabilities (float64 [N]) for raw records, in input order."""
+        logits = self.head(*self._inputs(records, self.schema, origin))
+        return torch.sigmoid(logits.double()).numpy()
+
+    def _inputs(
+        self, records: pa.Table | pa.RecordBatch, schema: Schema, origin: RecordOrigin
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """A head's inputs (dense, concatenated embeddings, first-order) for `schema`'s features."""
+        arrays = featurize(records, schema, origin, with_labels=False)
+        sparse = schema.sparse_features
+        embeddings = torch.cat([self._pool(arrays, f.name, self.tables) for f in sparse], dim=1)
+        first_order = None
+        if self.biases:
+            first_order = torch.cat([self._pool(arrays, f.name, self.biases) for f in sparse], 1)
+        return torch.from_numpy(arrays.dense), embeddings, first_order
+
+    @torch.no_grad()
+    def tower(
+        self, records: pa.Table | pa.RecordBatch, side: Tower, origin: RecordOrigin = IN_MEMORY
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Two-tower (model=mf) vectors float32 [N, D] and biases float64 [N] of one side,
+        from records holding only that side's columns. For a user u and an item i,
+        logit = <u_vector, i_vector> + u_bias + i_bias (the item bias carries the global bias),
+        so items can be ranked for a user by <u_vector, i_vector> + i_bias.
+        """
+        side = Tower(side)
+        head = self._two_tower_head()
+        sub_schema = _tower_schema(self.schema, side)
+        vectors, biases = head.tower(side.value, *self._inputs(records, sub_schema, origin))
+        if side is Tower.item:
+            biases = biases + head.global_bias
+        return vectors.numpy(), biases.double().numpy()
+
+    def _two_tower_head(self) -> torch.nn.Module:
+        if not hasattr(self.head, "tower"):
+            raise ExportError(
+                f"this export's model is {self.manifest.dense['architecture']}; user and item "
+                f"vectors exist only for a two-tower model (train with model=mf)."
+            )
+        return self.head
+
+    def user_vectors(self, records: pa.Table | pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
+        return self.tower(records, Tower.user)
+
+    def item_vectors(self, records: pa.Table | pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
+        return self.tower(records, Tower.item)
+
+    def _pool(
+        self, arrays: FeatureArrays, feature: str, tables: dict[str, np.ndarray]
+    ) -> torch.Tensor:
+        """The feature's pooled vector: its lookups (one, or two under double / qr hashing)
+        pooled from their physical tables and combined as in training."""
+        lookups = self.schema.lookups_of(feature)
+        pooled = {lk.key: self._pool_lookup(arrays, lk, tables[lk.table]) for lk in lookups}
+        first_order = tables is self.biases  # biases of several lookups are always summed
+        return combine_pooled(pooled, list(pooled), lookups[0].combine, first_order)
+
+    def _pool_lookup(
+        self, arrays: FeatureArrays, lookup: ResolvedLookup, table: np.ndarray
+    ) -> torch.Tensor:
+        lengths = torch.from_numpy(arrays.lengths[lookup.key].astype(np.int64))
+        rows = torch.from_numpy(np.asarray(table[arrays.ids[lookup.key]], dtype=np.float32))
+        owner = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+        pooled = torch.zeros(len(lengths), table.shape[1]).index_add_(0, owner, rows)
+        if self.schema.table(lookup.table).pooling is Pooling.mean:
+            pooled = pooled / lengths.clamp(min=1).unsqueeze(1)
+        return pooled
+
+    def score_file(
+        self,
+        input_path: str | Path,
+        output_path: Path,
+        batch_rows: int = 65536,
+        input_format: DataFormat | None = None,
+    ) -> int:
+        """Stream INPUT (file, folder, glob or URI) to OUTPUT Parquet, one `score` per row."""
+        output_path = Path(output_path)
+        output_path.parent.mkdir(parents=True, exist_ok=True)
+        schema = pa.schema([("score", pa.float64())])
+        fmt = records_format(self.manifest.source, str(input_path), input_format)
+        rows = 0
+        with pq.ParquetWriter(output_path, schema) as writer:
+            for batch in read_records(str(input_path), fmt, self.schema, batch_rows):
+                origin = RecordOrigin(str(input_path), rows)
+                scores = self.score(batch, origin)
+                writer.write_table(pa.table({"score": scores}, schema=schema))
+                rows += batch.num_rows
+        log.info("scored %d rows of %s -> %s", rows, input_path, output_path)
+        return rows
+
+    def tower_file(
+        self,
+        input_path: str | Path,
+        output_path: Path,
+        side: Tower,
+        batch_rows: int = 65536,
+        input_format: DataFormat | None = None,
+    ) -> int:
+        """Stream INPUT to OUTPUT Parquet with one `vector` and `bias` per row, in input order."""
+        dim = self._two_tower_head().config.embedding_dim
+        schema = pa.schema([("vector", pa.list_(pa.float32(), dim)), ("bias", pa.float64())])
+        sub_schema = _tower_schema(self.schema, Tower(side))
+        fmt = records_format(self.manifest.source, str(input_path), input_format)
+        Path(output_path).parent.mkdir(parents=True, exist_ok=True)
+        rows = 0
+        with pq.ParquetWriter(output_path, schema) as writer:
+            for batch in read_records(str(input_path), fmt, sub_schema, batch_rows):
+                vectors, biases = self.tower(batch, side, RecordOrigin(str(input_path), rows))
+                flat = pa.array(vectors.reshape(-1), pa.float32())
+                columns = {"vector": pa.FixedSizeListArray.from_arrays(flat, dim), "bias": biases}
+                writer.write_table(pa.table(columns, schema=schema))
+                rows += batch.num_rows
+        log.info("%s vectors of %d rows of %s -> %s", side, rows, input_path, output_path)
+        return rows
+
+
+def _head_config(manifest: Manifest):
+    try:
+        return head_config_from_dict(manifest.dense["architecture"], manifest.dense["head_config"])
+    except ConfigError as e:
+        raise ExportError(f"{MANIFEST_FILE}: {e}") from e
+
+
+def _tower_schema(schema: Schema, side: Tower) -> Schema:
+    """The schema restricted to one tower's features (and the tables they use)."""
+    # restrict() keeps each feature's lookups and physical tables (double / qr hashing).
+    return schema.restrict({f.name for f in schema.features if f.tower is side})
+
+
+def read_records(
+    path: str, fmt: SourceFormat, schema: Schema, batch_rows: int
+) -> Iterator[pa.Table]:
+    """Raw records of `schema`'s feature columns, read as training read them
+    (`recsys.data.reader`), at most `batch_rows` at a time, in input order.
+
+    Any bad row is an error naming its file and row, whatever data.on_bad_row said in
+    training: a dropped row would shift every score after it onto the wrong record.
+    """
+    try:
+        fmt = replace(fmt, on_bad_row=OnBadRow.fail)
+        reader = RowReader(path, fmt, schema, with_labels=False)
+        for block in reader.rows(BadRowLog(skip=False), batch_rows):
+            for start in range(0, block.num_rows, batch_rows):
+                yield block.slice(start, batch_rows)
+    except UnitError as e:  # a whole file unusable: perhaps not in the format it was read as
+        formats = "|".join(f.value for f in DataFormat)
+        raise UnitError(
+            f"{e} (Read as {fmt.format.value}; for records in another format pass "
+            f"recsys-score --format {formats}.)",
+            e.reason,
+            e.rows,
+        ) from e
+
+
+def records_format(
+    recorded: SourceFormat | None, input_path: str, override: DataFormat | str | None = None
+) -> SourceFormat:
+    """How to read raw records: as the training data was laid out (`recorded`, from the
+    manifest), or in `override`'s format, keeping the recorded header and columns of CSV / TSV
+    (Criteo's fixed layout is not kept: other text has a header line unless recorded so)."""
+    if recorded is None:
+        recorded = _legacy_format(input_path) if override is None else SourceFormat()
+    if override is None:
+        return recorded
+    if recorded.format is DataFormat.criteo:
+        recorded = SourceFormat()
+    return replace(recorded, format=DataFormat(override))
+
+
+_LEGACY_SUFFIXES = {".csv": DataFormat.csv, ".tsv": DataFormat.tsv, ".txt": DataFormat.tsv}
+
+
+def _legacy_format(path: str) -> SourceFormat:
+    """Exports written before the manifest recorded the source format: the rule they were
+    written under (Parquet, or CSV / TSV with a header line by file name), with a warning."""
+    suffix = Path(path).suffix.lower()
+    fmt = SourceFormat(format=_LEGACY_SUFFIXES.get(suffix, DataFormat.parquet))
+    log.warning(
+        "the export's manifest does not record the training data's format (exported by an "
+        "older recsys): reading %s as %s by its file name; pass --format to choose.",
+        path,
+        fmt.format.value,
+    )
+    return fmt

@@ -1,0 +1,64 @@
+"""Which state-dict entries of a click model are which table, bias table or dense part.
+
+The model owns its weight layout: export, warm start, checkpoints and the recipe ask a
+`WeightLayout` (from `ClickModel.weight_layout()`) instead of spelling key strings, so renaming
+a module changes this file's callers nowhere. No torchrec here: the serving side imports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+# Width of each first-order (per-id bias) table. One column would do, but FBGEMM's sharded
+# kernels need a multiple of 4 columns, so the bias is the sum of 4 learned columns.
+FIRST_ORDER_WIDTH = 4
+# A bias table's name is its embedding table's name with this suffix (TorchRec table names).
+FIRST_ORDER_SUFFIX = "__first_order"
+
+
+@dataclass(frozen=True)
+class ModelWeights:
+    """A model's weights by role: what an export writes and a warm start reads."""
+
+    tables: dict[str, Any]  # physical table -> [num_buckets, dim]
+    first_order: dict[str, Any]  # physical table -> its bias table [num_buckets, width]
+    dense: dict[str, Any]  # the head's state dict (keys relative to the head)
+
+
+@dataclass(frozen=True)
+class WeightLayout:
+    """State-dict keys of one model, as seen from the module that holds it at `prefix`."""
+
+    tables: dict[str, str]  # physical table -> key of its weight
+    first_order: dict[str, str] = field(default_factory=dict)  # table -> key of its bias table
+    dense_prefix: str = "head."  # every key under it belongs to the dense part (the head)
+
+    def under(self, prefix: str) -> WeightLayout:
+        """The same layout seen from a wrapper that keeps the model at `prefix` ("model.")."""
+        return WeightLayout(
+            {t: prefix + k for t, k in self.tables.items()},
+            {t: prefix + k for t, k in self.first_order.items()},
+            prefix + self.dense_prefix,
+        )
+
+    def embedding_keys(self) -> dict[str, str]:
+        """Every embedding table the model holds, bias tables under `<table>__first_order`."""
+        biases = {t + FIRST_ORDER_SUFFIX: k for t, k in self.first_order.items()}
+        return {**self.tables, **biases}
+
+    def dense_keys(self, state: Mapping[str, Any]) -> dict[str, str]:
+        """State key -> its key inside the dense part ('model.head.over.0.weight' -> 'over.0.weight')."""
+        n = len(self.dense_prefix)
+        return {k: k[n:] for k in state if k.startswith(self.dense_prefix)}
+
+    def split(self, state: Mapping[str, T]) -> ModelWeights:
+        """A full state dict by role (tables, bias tables, dense part)."""
+        return ModelWeights(
+            tables={t: state[k] for t, k in self.tables.items()},
+            first_order={t: state[k] for t, k in self.first_order.items()},
+            dense={inner: state[k] for k, inner in self.dense_keys(state).items()},
+        )

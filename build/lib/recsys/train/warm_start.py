@@ -1,0 +1,257 @@
+"""Warm start: a new run's tables (and dense part, when shapes match) from an earlier model.
+
+The source is a serving export (`export/` folder with manifest.json), a checkpoint step folder,
+or a run folder (its newest checkpoint, else its export). Tables are matched by name. A table
+whose bucket count or dim changed cannot be copied: an error names it, or, with
+`trainer.warm_start_skip_mismatched=true`, it keeps its fresh initialization (with a warning).
+Optimizer state is not carried over: the new run starts its own (a new learning schedule on
+new days of data).
+
+Sharded tables: every rank copies its own shards' slices (from the shard metadata offsets) out
+of the full array, so this works for table-, row-, column-wise and replicated tables alike.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed._shard.sharded_tensor import ShardedTensor
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.tensor import DTensor
+
+from recsys.distributed.env import DistEnv
+from recsys.export.manifest import MANIFEST_FILE, Manifest
+from recsys.model.layout import FIRST_ORDER_SUFFIX, WeightLayout
+from recsys.schema import Schema
+from recsys.train.checkpoint import (
+    CHECKPOINTS_DIR,
+    META_FILE,
+    MODEL_SECTION,
+    CheckpointError,
+    read_meta,
+    resolve_checkpoint,
+)
+
+log = logging.getLogger(__name__)
+
+_MODEL = MODEL_SECTION + "."  # DCP flattens the checkpoint's model section into this prefix
+
+
+@dataclass
+class WarmStartReport:
+    source: Path
+    tables: list[str] = field(default_factory=list)  # copied
+    skipped: list[str] = field(default_factory=list)  # shape changed or absent in the source
+    dense: bool = False  # the dense part was copied too
+
+
+def warm_start(
+    source: str | Path,
+    model: nn.Module,
+    layout: WeightLayout,
+    schema: Schema,
+    env: DistEnv,
+    skip_mismatched: bool,
+) -> WarmStartReport:
+    """Copy matching tables (and the dense part) from `source` into `model`, whose state
+    entries `layout` names. All ranks call it."""
+    kind, path = locate_source(Path(source))
+    state = model.state_dict()
+    if kind == "export":
+        report = _from_export(path, state, layout, skip_mismatched)
+    else:
+        report = _from_checkpoint(path, state, layout, schema, skip_mismatched)
+    model.load_state_dict(state)
+    if env.is_main:
+        log.info(
+            "warm start from %s: tables %s%s, dense part %s",
+            path,
+            report.tables,
+            f" (kept fresh: {report.skipped})" if report.skipped else "",
+            "copied" if report.dense else "fresh",
+        )
+    return report
+
+
+def locate_source(path: Path) -> tuple[str, Path]:
+    """('export', folder) or ('checkpoint', step folder) for a warm-start path."""
+    if (path / MANIFEST_FILE).is_file():
+        return "export", path
+    if (path / META_FILE).is_file() or (path / CHECKPOINTS_DIR).is_dir():
+        try:
+            return "checkpoint", resolve_checkpoint(str(path), path)
+        except CheckpointError:
+            pass
+    if (path / "export" / MANIFEST_FILE).is_file():
+        return "export", path / "export"
+    raise CheckpointError(
+        f"trainer.warm_start={path}: neither an export folder (with {MANIFEST_FILE}), a "
+        f"checkpoint folder (with {META_FILE}), nor a run folder holding either."
+    )
+
+
+def _shape_problem(name: str, want: tuple[int, ...], have: tuple[int, ...] | None) -> str | None:
+    if have is None:
+        return f"table '{name}' is not in the warm-start source"
+    if tuple(want) != tuple(have):
+        return (
+            f"table '{name}' is [num_buckets, dim] = {list(want)} now but {list(have)} in the "
+            f"warm-start source"
+        )
+    return None
+
+
+def _accept(problem: str | None, name: str, report: WarmStartReport, skip: bool) -> bool:
+    """True to copy; a problem raises, or with `skip` is logged and the table kept fresh."""
+    if problem is None:
+        return True
+    absent = "is not in" in problem
+    if not (skip or absent):
+        raise CheckpointError(
+            f"{problem}. Keep data.tables.{name.removesuffix(FIRST_ORDER_SUFFIX)} as it was, or "
+            f"set trainer.warm_start_skip_mismatched=true to start that table fresh."
+        )
+    log.warning("warm start: %s; it starts fresh.", problem)
+    report.skipped.append(name)
+    return False
+
+
+# ------------------------------------------------------------------------------ from an export
+
+
+def _from_export(
+    path: Path, state: dict[str, Any], layout: WeightLayout, skip: bool
+) -> WarmStartReport:
+    manifest = Manifest.load(path)
+    manifest.verify(path)
+    report = WarmStartReport(path)
+    for name, key in layout.embedding_keys().items():
+        full = _export_table(path, manifest, name, tuple(state[key].shape))
+        problem = _shape_problem(
+            name, tuple(state[key].shape), None if full is None else full.shape
+        )
+        if _accept(problem, name, report, skip):
+            copy_full_into(state[key], torch.from_numpy(full))
+            report.tables.append(name)
+    dense = torch.load(path / manifest.dense["file"], weights_only=True)
+    report.dense = _copy_dense(state, layout, dense)
+    return report
+
+
+def _export_table(
+    path: Path, manifest: Manifest, name: str, want: tuple[int, ...]
+) -> np.ndarray | None:
+    base = name.removesuffix(FIRST_ORDER_SUFFIX)
+    entry = manifest.tables.get(base)
+    if entry is None:
+        return None
+    if name == base:
+        return np.load(path / entry["file"])
+    if not entry.get("first_order"):
+        return None
+    # The export keeps the bias as one column (the sum of the model's kernel-aligned columns):
+    # put it in the first column, zeros in the rest, and the model's bias is the same.
+    bias = np.load(path / entry["first_order"]["file"])
+    full = np.zeros((bias.shape[0], want[1]), dtype=np.float32)
+    full[:, 0] = bias[:, 0]
+    return full
+
+
+# --------------------------------------------------------------------------- from a checkpoint
+
+
+def _from_checkpoint(
+    path: Path, state: dict[str, Any], layout: WeightLayout, schema: Schema, skip: bool
+) -> WarmStartReport:
+    saved_sizes = {
+        k: tuple(md.size)
+        for k, md in dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata.items()
+        if hasattr(md, "size")
+    }
+    _warn_on_rehashed_tables(read_meta(path)["schema"], schema)
+    report = WarmStartReport(path)
+    wanted: dict[str, Any] = {}
+    for name, key in layout.embedding_keys().items():
+        problem = _shape_problem(name, tuple(state[key].shape), saved_sizes.get(_MODEL + key))
+        if _accept(problem, name, report, skip):
+            wanted[_MODEL + key] = state[key]
+            report.tables.append(name)
+    dense = list(layout.dense_keys(state))
+    dense_ok = all(saved_sizes.get(_MODEL + k) == tuple(state[k].shape) for k in dense)
+    if dense_ok:
+        wanted.update({_MODEL + k: state[k] for k in dense})
+    else:
+        log.warning("warm start: the dense part's shapes differ from %s; it starts fresh.", path)
+    # Loads each rank's own shards straight from the files (DCP reads only overlapping parts).
+    dcp.load(wanted, checkpoint_id=path, planner=DefaultLoadPlanner(allow_partial_load=True))
+    for key, value in wanted.items():
+        state[key[len(_MODEL) :]] = value
+    report.dense = dense_ok and bool(dense)
+    return report
+
+
+def _warn_on_rehashed_tables(saved: dict[str, Any], schema: Schema) -> None:
+    """Same shape, other hashing: rows would land on other ids' buckets. Worth a warning."""
+    seeds = {f["name"]: (f["column"], f["seed"], f["table"]) for f in saved["features"]}
+    for f in schema.sparse_features:
+        if f.name in seeds and seeds[f.name] != (f.column, f.seed, f.table):
+            log.warning(
+                "warm start: feature '%s' hashes differently now (column, seed, table %s -> %s); "
+                "its table's rows will not mean the same ids.",
+                f.name,
+                seeds[f.name],
+                (f.column, f.seed, f.table),
+            )
+
+
+# -------------------------------------------------------------------------------- copying
+
+
+def _copy_dense(
+    state: dict[str, Any], layout: WeightLayout, source: dict[str, torch.Tensor]
+) -> bool:
+    """Copy the dense part when every parameter is there with the same shape, else keep it."""
+    targets = layout.dense_keys(state)
+    mismatched = [
+        k for k, s in targets.items() if s not in source or source[s].shape != state[k].shape
+    ]
+    if mismatched or set(source) != set(targets.values()):
+        log.warning(
+            "warm start: the dense part differs from the source (e.g. %s); it starts fresh.",
+            mismatched[:3] or sorted(set(source) ^ set(targets.values()))[:3],
+        )
+        return False
+    for key, source_key in targets.items():
+        state[key].detach().copy_(source[source_key])
+    return True
+
+
+def copy_full_into(target: Any, full: torch.Tensor) -> None:
+    """Copy this rank's part of the full tensor `full` into `target`.
+
+    A ShardedTensor holds the slices its metadata offsets say; a DTensor the slice its
+    placements give; a plain tensor (replicated table, dense weight) all of it.
+    """
+    if isinstance(target, ShardedTensor):
+        for shard in target.local_shards():
+            meta = shard.metadata
+            rows = slice(meta.shard_offsets[0], meta.shard_offsets[0] + meta.shard_sizes[0])
+            cols = slice(meta.shard_offsets[1], meta.shard_offsets[1] + meta.shard_sizes[1])
+            shard.tensor.detach().copy_(full[rows, cols])
+    elif isinstance(target, DTensor):
+        from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+        shape, offset = compute_local_shape_and_global_offset(
+            target.shape, target.device_mesh, target.placements
+        )
+        index = tuple(slice(o, o + s) for o, s in zip(offset, shape, strict=True))
+        target.to_local().detach().copy_(full[index])
+    else:
+        target.detach().copy_(full)
