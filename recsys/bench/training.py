@@ -25,8 +25,8 @@ from recsys.data.loader import LoaderOptions, StreamingDataset, make_loader
 from recsys.data.progress import EpochProgress
 from recsys.distributed.env import init_distributed, shutdown_distributed
 from recsys.schema import resolve_schema
+from recsys.train.build import build_training, datasets
 from recsys.train.loop import Epoch, TrainJob, TrainState
-from recsys.train.recipe import build_training, datasets
 
 
 class PremadeBatches(IterableDataset):

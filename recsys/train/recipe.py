@@ -23,24 +23,16 @@ from types import TracebackType
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
-from torch import nn
-from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
-from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from recsys.config import TrainConfig
-from recsys.data.featurize import DataError
-from recsys.data.loader import LoaderOptions, StreamingDataset
 from recsys.data.progress import EpochProgress
 from recsys.data.source import SourceFormat
-from recsys.distributed.env import DistEnv, broadcast_object, init_distributed, shutdown_distributed
-from recsys.distributed.sharding import attach_sparse_optimizer, full_state_dict, shard_model
+from recsys.distributed.env import broadcast_object, init_distributed, shutdown_distributed
+from recsys.distributed.sharding import full_state_dict
 from recsys.export.writer import write_export
-from recsys.model.click import build_model
-from recsys.model.layout import WeightLayout
-from recsys.model.registry import AnyHeadConfig
 from recsys.schema import Schema
 from recsys.tracking import NullTracker, Tracker, open_tracker
+from recsys.train.build import build_training, datasets
 from recsys.train.checkpoint import (
     Checkpointer,
     ResumePoint,
@@ -50,12 +42,11 @@ from recsys.train.checkpoint import (
 )
 from recsys.train.evaluator import Evaluation, evaluate
 from recsys.train.loop import Epoch, TrainJob, TrainState
-from recsys.train.optim import LRScheduler, dense_optimizer_factory, estimated_total_steps
+from recsys.train.optim import LRScheduler, estimated_total_steps
 from recsys.train.seeding import configure_determinism, seed_everything
 from recsys.train.stopping import EarlyStopping
 from recsys.train.validate import validate
 from recsys.train.warm_start import WarmStartReport, warm_start
-from recsys.train.wrapper import ClickModelTrain
 
 log = logging.getLogger(__name__)
 
@@ -86,83 +77,6 @@ def run(cfg: TrainConfig) -> TrainResult:
         recipe.evaluate()
         recipe.export()
         return recipe.result()
-
-
-# ---------------------------------------------------------------------------- building blocks
-
-
-@dataclass
-class Datasets:
-    """This rank's streams. `valid` is what mid-run evaluations read: data.valid_path when
-    set (logged as valid/*), else the eval rows (eval/*)."""
-
-    train: StreamingDataset
-    eval: StreamingDataset
-    valid: StreamingDataset
-    valid_prefix: str
-
-
-def datasets(cfg: TrainConfig, schema: Schema, env: DistEnv) -> Datasets:
-    """This rank's train, eval and validation streams (public for benchmarks and tests)."""
-    trainer, source = cfg.trainer, SourceFormat.from_config(cfg.data)
-    train_opts = LoaderOptions(
-        trainer.batch_size,
-        trainer.shuffle_buffer,
-        trainer.shuffle_files,
-        trainer.seed,
-        trainer.num_workers,
-        source,
-    )
-    # Evaluation rows are read alike (batch size, format) whether validation or eval.
-    eval_opts = LoaderOptions(
-        trainer.eval_batch_size, num_workers=trainer.num_workers, source=source
-    )
-
-    def stream(path: str, options: LoaderOptions) -> StreamingDataset:
-        try:
-            return StreamingDataset(path, schema, options, env.rank, env.world_size)
-        except DataError as e:
-            if cfg.data.prepare_hint is None:
-                raise
-            raise DataError(f"{e} For data={cfg.data.name}: {cfg.data.prepare_hint}.") from e
-
-    train, evaluation = (
-        stream(cfg.data.train_path, train_opts),
-        stream(cfg.data.eval_path, eval_opts),
-    )
-    if cfg.data.valid_path is not None:
-        return Datasets(train, evaluation, stream(cfg.data.valid_path, eval_opts), "valid")
-    return Datasets(train, evaluation, evaluation, "eval")
-
-
-@dataclass
-class Training:
-    """The sharded train model and what is known about it."""
-
-    model: nn.Module  # DistributedModelParallel(ClickModelTrain(ClickModel))
-    optimizer: torch.optim.Optimizer  # fused sparse + dense, combined
-    plan: object  # TorchRec's ShardingPlan
-    layout: WeightLayout  # which of model.state_dict()'s entries are which table
-    head_config: AnyHeadConfig  # the dense part's architecture (exported beside its weights)
-
-
-def build_training(cfg: TrainConfig, schema: Schema, env: DistEnv) -> Training:
-    """The sharded train model, its combined (fused sparse + dense) optimizer and the plan."""
-    # Tables start on "meta": DistributedModelParallel allocates only this rank's shards.
-    model = build_model(schema, cfg.model, device=torch.device("meta"))
-    sparse = model.sparse_arch
-    attach_sparse_optimizer(sparse.embedding_bags, cfg.trainer, cfg.trainer.sparse_lr)
-    if sparse.first_order_bags is not None:
-        # The wide part may get its own step size, as wide-and-deep's wide optimizer does
-        # (on MovieLens a larger one overfit: validation AUC 0.7125 -> 0.709 at 5x).
-        first_order_lr = cfg.trainer.first_order_lr or cfg.trainer.sparse_lr
-        attach_sparse_optimizer(sparse.first_order_bags, cfg.trainer, first_order_lr)
-    wrapped = ClickModelTrain(model)
-    sharded, plan = shard_model(wrapped, env, cfg.sharding.type)
-    dense_params = dict(in_backward_optimizer_filter(sharded.named_parameters()))
-    dense = KeyedOptimizerWrapper(dense_params, dense_optimizer_factory(cfg.trainer))
-    optimizer = CombinedOptimizer([sharded.fused_optimizer, dense])
-    return Training(sharded, optimizer, plan, wrapped.weight_layout(), model.head_config)
 
 
 # ------------------------------------------------------------------------------------ recipe
@@ -447,4 +361,4 @@ def _provenance(point: ResumePoint | None, report: WarmStartReport | None) -> di
     return {}
 
 
-__all__ = ["Datasets", "TrainRecipe", "TrainResult", "Training", "build_training", "run"]
+__all__ = ["TrainRecipe", "TrainResult", "run"]

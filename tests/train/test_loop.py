@@ -11,7 +11,7 @@ import pytest
 from recsys.compose import load_config
 from recsys.distributed.env import init_distributed, shutdown_distributed
 from recsys.schema import resolve_schema
-from recsys.train import recipe
+from recsys.train import build
 from recsys.train.loop import Epoch, TrainJob, TrainState
 from recsys.train.optim import LRScheduler, lr_factor
 from recsys.train.recipe import run
@@ -49,8 +49,8 @@ def _setup(tiny_log: TinyLog, tmp_path: Path, extra: list[str]):
     cfg = load_config(tiny_log.overrides + QUIET + extra, output_dir=str(tmp_path / "o"))
     env = init_distributed("cpu")
     schema = resolve_schema(cfg.data, cfg.model.embedding_dim)
-    train_data = recipe.datasets(cfg, schema, env).train
-    training = recipe.build_training(cfg, schema, env)
+    train_data = build.datasets(cfg, schema, env).train
+    training = build.build_training(cfg, schema, env)
     return cfg, env, schema, train_data, training.model, training.optimizer
 
 
