@@ -14,6 +14,14 @@ import pytest
 from tests.synthetic import make_click_log
 
 REPO = Path(__file__).resolve().parents[2]
+# Top-level folders that are not sources (fetched data, run outputs, caches, the venv).
+NOT_SOURCES = {".git", ".venv", "data", "outputs", "multirun", "mlruns", "build"}
+NOT_SOURCES |= {".pytest_cache", ".ruff_cache", "recsys.egg-info"}
+
+
+def _not_sources(folder: str, names: list[str]) -> set[str]:
+    top = Path(folder).resolve() == REPO
+    return {n for n in names if (top and n in NOT_SOURCES) or n == "__pycache__"}
 
 MY_DATA = """\
 # mylog.yaml: the user's own data config, outside the repo
@@ -48,11 +56,13 @@ def test_installed_package_trains_on_a_data_config_outside_the_repo(tmp_path: Pa
     uv = shutil.which("uv", path=str(Path(sys.executable).parent))
     if uv is None:
         pytest.skip("uv is not in the venv (make setup installs it)")
-    venv = tmp_path / "venv"
+    venv, source = tmp_path / "venv", tmp_path / "source"
+    # A copy of the sources: building a wheel writes build/ and *.egg-info beside them.
+    shutil.copytree(REPO, source, symlinks=True, ignore=_not_sources)
     subprocess.run([uv, "venv", "-q", "--python", sys.executable, str(venv)], check=True)
     # Not editable: the package is copied into site-packages, conf/ must travel inside it.
     subprocess.run(
-        [uv, "pip", "install", "-q", "--python", str(venv / "bin" / "python"), str(REPO)]
+        [uv, "pip", "install", "-q", "--python", str(venv / "bin" / "python"), str(source)]
         + _find_links(),
         check=True,
         timeout=600,
@@ -85,4 +95,4 @@ def test_installed_package_trains_on_a_data_config_outside_the_repo(tmp_path: Pa
         capture_output=True,
         text=True,
     ).stdout
-    assert str(REPO) not in installed  # the run used the installed copy, not the checkout
+    assert str(REPO) not in installed and str(source) not in installed  # the installed copy

@@ -1,1 +1,0 @@
-"""Benchmarks behind `make bench`: importable functions that return their measurements."""
