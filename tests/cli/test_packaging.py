@@ -23,6 +23,7 @@ def _not_sources(folder: str, names: list[str]) -> set[str]:
     top = Path(folder).resolve() == REPO
     return {n for n in names if (top and n in NOT_SOURCES) or n == "__pycache__"}
 
+
 MY_DATA = """\
 # mylog.yaml: the user's own data config, outside the repo
 name: mylog
