@@ -6,6 +6,10 @@ BIN := $(VENV)/bin
 NPROC ?= 1
 ARGS ?=
 PORT ?= 5000
+EXPERIMENT ?= recsys
+# make serve: the registered model (tracking.register_as, by default data.name) and its port.
+MODEL ?= movielens
+SERVE_PORT ?= 5001
 # pip's configured find-links (where a local CPU build of torch may lie); uv does not read it.
 FIND_LINKS := $(shell $(PYTHON) -m pip config list 2>/dev/null | sed -n "s/^global.find-links='\(.*\)'/\1/p")
 # One run folder for all torchrun processes (each would stamp its own time otherwise).
@@ -18,11 +22,11 @@ OTHER_DATA := $(findstring data.train_path=,$(ARGS))$(if $(findstring data=,$(AR
 NEEDS_MOVIELENS := $(if $(OTHER_DATA),,yes)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data data-synth train sweep test test-full bench bench-data lint fmt ui clean
+.PHONY: help setup data data-synth train sweep test test-full bench bench-data lint fmt ui serve clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
-	@echo "  variables: NPROC=n (torchrun processes), ARGS='hydra overrides', RUN_DIR (NPROC>1), PORT=5000 (ui)"
+	@echo "  variables: NPROC=n (torchrun processes), ARGS='hydra overrides', RUN_DIR (NPROC>1), PORT=5000 (ui), MODEL=movielens SERVE_PORT=5001 (serve)"
 
 setup: $(VENV)/.installed ## create .venv with the pinned stack (idempotent)
 
@@ -77,8 +81,14 @@ fmt: setup ## ruff fix and format
 
 ui: setup ## MLflow UI on 127.0.0.1:$(PORT) over ./mlruns
 	mkdir -p mlruns/artifacts
+	@echo "MLflow UI (model-training view): open $$($(BIN)/python -c 'import sys; from recsys.tracking.urls import local_ui_url; print(local_ui_url(*sys.argv[1:3], int(sys.argv[3])))' $(CURDIR)/mlruns/mlflow.db $(EXPERIMENT) $(PORT))"
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --workers 1 --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
 		--default-artifact-root $(CURDIR)/mlruns/artifacts --host 127.0.0.1 --port $(PORT)
+
+serve: setup ## REST scoring of models:/$(MODEL)@champion on 127.0.0.1:$(SERVE_PORT) (POST /invocations)
+	@# PATH: the server execs `uvicorn` by name, from the venv.
+	PATH=$(CURDIR)/$(BIN):$$PATH MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/mlruns/mlflow.db $(BIN)/mlflow models serve \
+		-m models:/$(MODEL)@champion --env-manager local --host 127.0.0.1 --port $(SERVE_PORT)
 
 clean: ## remove outputs, multirun and caches (keeps data/ and mlruns/)
 	rm -rf outputs multirun .pytest_cache .ruff_cache

@@ -72,6 +72,9 @@ class DataFormat(StrEnum):
     csv = "csv"  # comma separated; header line unless data.header=false
     tsv = "tsv"  # tab separated; header line unless data.header=false
     criteo = "criteo"  # Criteo display ads: tab separated, no header, label I1..I13 C1..C26
+    # `label idx[:value] ...` or libFFM `label field:idx:value ...`; data.columns maps pairs to
+    # columns by position, index range or field (recsys.schema.layout)
+    libsvm = "libsvm"
 
 
 class OnBadRow(StrEnum):
@@ -151,9 +154,12 @@ class LabelSpec:
 
 @dataclass
 class TableSpec:
-    """One embedding table. Its memory is num_buckets x embedding_dim, whatever the id count."""
+    """One embedding table. Its memory is num_buckets x embedding_dim, whatever the id count.
 
-    num_buckets: int = MISSING
+    num_buckets None (or the table not declared at all): data.default_num_buckets.
+    """
+
+    num_buckets: int | None = None
     embedding_dim: int | None = None  # None: model.embedding_dim
     pooling: Pooling = Pooling.sum
     hashing: TableHashing = TableHashing.plain  # plain | double | qr
@@ -189,11 +195,18 @@ class DataConfig:
     valid_path: str | None = None
     format: DataFormat = DataFormat.parquet
     header: bool = True  # csv/tsv: the first line of every file names the columns
-    columns: list[str] | None = None  # csv/tsv without header: the column names, in order
+    # csv/tsv without header: the column names, in order; libsvm: which pairs of a line are
+    # which column (`name` by position, `name=I-J` by index range, `name=field:F`)
+    columns: list[str] | None = None
     on_bad_row: OnBadRow = OnBadRow.fail  # skip: drop unusable rows, count them by reason
     label: LabelSpec = field(default_factory=LabelSpec)
     features: dict[str, FeatureSpec] = field(default_factory=dict)
     tables: dict[str, TableSpec] = field(default_factory=dict)
+    # Rows of a table whose num_buckets is not given (or that is not declared in `tables`):
+    # 2**18 = 262,144 rows, 16 MiB at dim 16 (+1 MiB of per-id biases). Fine for up to ~25k
+    # distinct ids (collision rate ~ distinct / buckets, ~10% there); bigger id sets want their
+    # own num_buckets, as `recsys-data infer-schema` writes from the distinct counts.
+    default_num_buckets: int = 1 << 18
     prepare_hint: str | None = None  # command that creates the files, shown when they are missing
 
 
@@ -293,6 +306,11 @@ class TrackingConfig:
     run_name: str | None = None
     required: bool = False  # true: fail when MLflow cannot be reached; false: warn, go on
     parent_run_id: str | None = None  # nest the run under this one (sweeps set it)
+    # Register the run's model under this name (None: log it, do not register); the alias
+    # `champion` moves to a new version only when it beats the champion's validation AUC.
+    register_as: str | None = None
+    # At the end of a run, seconds to wait for tracking calls still queued (server away).
+    flush_timeout_s: float = 60.0
 
 
 @dataclass
@@ -300,10 +318,20 @@ class ShardingConfig:
     type: ShardingType = ShardingType.auto
 
 
+class TableDtype(StrEnum):
+    """How the serving export stores embedding tables (recsys.export.quantize)."""
+
+    fp32 = "fp32"
+    fp16 = "fp16"
+    int8 = "int8"  # row-wise affine: per-row float32 scale and bias, uint8 codes
+
+
 @dataclass
 class ExportConfig:
     enabled: bool = True
     subdir: str = "export"  # under the run's output folder
+    table_dtype: TableDtype = TableDtype.fp32
+    quantization_eval_rows: int = 50_000  # eval rows scored to measure a quantized export
 
 
 @dataclass

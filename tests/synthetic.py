@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,3 +86,23 @@ def write_tiny_log(tmp_path: Path) -> TinyLog:
         "data.tables.item_id.num_buckets=512",
     ]
     return TinyLog(train, evaluation, overrides)
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_train(nproc: int, out: Path, overrides: list[str]) -> subprocess.CompletedProcess:
+    """`make train NPROC=n`, the users' command: torchrun, gloo, one run folder."""
+    args = " ".join(overrides)
+    cmd = [
+        "make",
+        "-s",
+        "-C",
+        str(REPO_ROOT),
+        "train",
+        f"NPROC={nproc}",
+        f"RUN_DIR={out}",
+        f"ARGS={args}",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env)

@@ -52,14 +52,16 @@ def test_mlflow_run_has_params_metrics_and_artifacts(trained) -> None:
     assert len(client.get_metric_history(result.run_id, "train/loss")) >= 3
     top = {a.path for a in client.list_artifacts(result.run_id)}
     assert {
-        "export",
         "config.json",
         "schema.json",
         "sharding_plan.txt",
         "eval_predictions.parquet",
     } <= top
-    exported = {a.path for a in client.list_artifacts(result.run_id, "export")}
-    assert "export/manifest.json" in exported and "export/dense.pt" in exported
+    # The export travels as the run's logged model (a pyfunc holding the export folder).
+    (output,) = mlrun.outputs.model_outputs
+    model_files = client.list_logged_model_artifacts(output.model_id, "artifacts/export")
+    exported = {Path(a.path).name for a in model_files}
+    assert {"manifest.json", "dense.pt"} <= exported
 
 
 def test_export_scores_equal_trained_model_predictions(trained) -> None:

@@ -68,7 +68,7 @@ def _hydra_main(cfg: DictConfig) -> float:
         log.error("%s: %s", type(e).__name__, e)
         sys.exit(2)
     if int(os.environ.get("RANK", 0)) == 0:
-        print(summary(result))
+        print(result.summary())
     return result.metrics.get("eval/auc", float("nan"))
 
 
@@ -79,24 +79,6 @@ def _quiet_third_party() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"recsys\.distributed\..*")
     warnings.filterwarnings("ignore", message=r".*an autograd kernel was not registered.*")
     logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
-
-
-def summary(result) -> str:
-    """The few lines a person wants at the end of a run."""
-    m = result.metrics
-    lines = [
-        "",
-        "== recsys run finished ==",
-        f"  eval AUC {m.get('eval/auc', float('nan')):.4f} | log loss {m.get('eval/log_loss', float('nan')):.4f} "
-        f"| NE {m.get('eval/ne', float('nan')):.4f} | calibration {m.get('eval/calibration', float('nan')):.3f}",
-        f"  steps {result.steps} | {result.samples_per_second:,.0f} samples/s",
-        f"  outputs  {result.output_dir}",
-        f"  export   {result.export_dir or '(export disabled)'}",
-        f"  tracking {result.tracking}",
-    ]
-    if result.run_id:
-        lines.append("  open the MLflow UI with `make ui` (http://127.0.0.1:5000)")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ class Batch(Pipelineable):
             ranks in lockstep when one runs out of data before the others.
         row_ids: int64 [B] each row's position in the dataset (for predictions files).
         bad_rows: rows skipped by data.on_bad_row=skip, by reason, reported with this batch.
+        rows_padded: rows read with missing trailing fields added (Criteo), reported alike.
         position: where the batch comes from, for `EpochProgress.record`; None for padding.
     """
 
@@ -37,6 +38,7 @@ class Batch(Pipelineable):
     weights: torch.Tensor
     row_ids: torch.Tensor
     bad_rows: dict[str, int] = field(default_factory=dict)
+    rows_padded: int = 0
     position: BatchPosition | None = None
 
     @property

@@ -51,10 +51,11 @@ class LoaderOptions:
 
 @dataclass(frozen=True)
 class _Done:
-    """A unit none of whose rows is left in the buffer, with its bad-row counts."""
+    """A unit none of whose rows is left in the buffer, with its bad and padded row counts."""
 
     unit: int
     bad_rows: dict[str, int]
+    rows_padded: int = 0
 
 
 class StreamingDataset(IterableDataset):
@@ -134,7 +135,7 @@ class StreamingDataset(IterableDataset):
                     yield table.slice(0, table.num_rows - keep)  # whole batches
                     buffer, buffered = [table.slice(table.num_rows - keep)], keep
                     yield from _left_buffer(read, buffer)
-            read.append(_Done(unit.index, bad.take()))
+            read.append(_Done(unit.index, bad.take(), bad.take_padded()))
             yield from _left_buffer(read, buffer)
         if buffered:
             yield _mix(buffer, mix_rng)
@@ -171,30 +172,27 @@ class StreamingDataset(IterableDataset):
         # next one is made can be reported with it: a batch carries the units its rows closed.
         size = self.options.batch_size
         pending: tuple[pa.Table, RowSlicer, int] | None = None
-        done: list[int] = []
-        bad: Counter[str] = Counter()
+        closed: list[_Done] = []  # units finished since the last batch was made
         for event in events:
             if isinstance(event, _Done):
-                done.append(event.unit)
-                bad.update(event.bad_rows)
+                closed.append(event)
                 continue
             first_row = int(event.column(ROW_ID_COLUMN)[0].as_py())
             origin = RecordOrigin(source=self.path, first_row=first_row)
             slicer = featurize(event, self.schema, origin).row_slicer()
             for start in range(0, event.num_rows, size):
                 if pending is not None:
-                    yield self._batch(pending, template, done, bad)
-                    done, bad = [], Counter()
+                    yield self._batch(pending, template, closed)
+                    closed = []
                 pending = (event, slicer, start)
-        if pending is not None or bad:
-            yield self._batch(pending, template, done, bad)
+        if pending is not None or any(c.bad_rows or c.rows_padded for c in closed):
+            yield self._batch(pending, template, closed)
 
     def _batch(
         self,
         rows: tuple[pa.Table, RowSlicer, int] | None,
         template: BatchPosition,
-        done: list[int],
-        bad: Counter,
+        closed: list[_Done],
     ) -> Batch:
         size = self.options.batch_size
         if rows is None:  # only skipped rows: report them all the same
@@ -207,9 +205,16 @@ class StreamingDataset(IterableDataset):
             unit_ids = table.column(UNIT_COLUMN).to_numpy()
             arrays = slicer.take(start, start + table.num_rows)
             batch = Batch.from_arrays(arrays, self.schema, row_ids, size=size)
+        bad: Counter[str] = Counter()
+        for unit in closed:
+            bad.update(unit.bad_rows)
         batch.bad_rows = dict(bad)
+        batch.rows_padded = sum(unit.rows_padded for unit in closed)
         batch.position = replace(
-            template, row_ids=row_ids, unit_ids=unit_ids, units_done=tuple(done)
+            template,
+            row_ids=row_ids,
+            unit_ids=unit_ids,
+            units_done=tuple(unit.unit for unit in closed),
         )
         return batch
 
@@ -246,7 +251,11 @@ def _estimate_text_rows(fs, units: list[WorkUnit]) -> int:
 
 def make_loader(dataset: StreamingDataset) -> Iterable[Batch]:
     """Batches of `dataset`: read by worker processes (num_workers > 0), or in a background
-    thread of this process (num_workers = 0, the default: see recsys.data.prefetch)."""
+    thread of this process (num_workers = 0, the default: see recsys.data.prefetch).
+
+    Each iteration is a generator: closing it (or reading it to the end) stops and joins its
+    thread or worker processes there and then.
+    """
     workers = dataset.options.num_workers
     loader = DataLoader(
         dataset,
@@ -256,4 +265,20 @@ def make_loader(dataset: StreamingDataset) -> Iterable[Batch]:
         prefetch_factor=2 if workers else None,
         generator=torch.Generator().manual_seed(dataset.options.seed),
     )
-    return loader if workers else ThreadPrefetcher(loader)
+    return _WorkerBatches(loader) if workers else ThreadPrefetcher(loader)
+
+
+class _WorkerBatches(Iterable[Batch]):
+    """A multi-process DataLoader whose iteration, closed early, shuts its workers down."""
+
+    def __init__(self, loader: DataLoader):
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[Batch]:
+        iterator = iter(self.loader)
+        try:
+            yield from iterator
+        finally:
+            # What the iterator's __del__ would do whenever it is collected: stop the
+            # workers and join them (idempotent; already done when the data ran out).
+            iterator._shutdown_workers()

@@ -10,6 +10,7 @@ overlaps with the compute of the current one.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import queue
@@ -21,34 +22,70 @@ T = TypeVar("T")
 
 _END = object()
 LOADER_NICENESS = 10  # Linux applies setpriority to one thread when given its thread id
+_running: set[_ReadAhead] = set()  # read-ahead threads started and not yet joined
+_running_lock = threading.Lock()
 
 
 class ThreadPrefetcher(Iterable[T]):
-    """Iterates `source` in a daemon thread, keeping up to `depth` items ready."""
+    """Iterates `source` in a daemon thread, keeping up to `depth` items ready.
+
+    The thread starts with the iteration and is stopped and joined when the iterator ends,
+    is closed (`close()`, or dropped) or the interpreter begins to exit, whichever comes
+    first: one still running at teardown would be killed inside a torch or Arrow call, and
+    that aborts the process.
+    """
 
     def __init__(self, source: Iterable[T], depth: int = 4):
         self.source, self.depth = source, depth
 
     def __iter__(self) -> Iterator[T]:
-        ready: queue.Queue = queue.Queue(maxsize=self.depth)
-        stop = threading.Event()
-        thread = threading.Thread(
-            target=_produce, args=(self.source, ready, stop), daemon=True, name="recsys-loader"
-        )
-        thread.start()
+        reader = _ReadAhead(self.source, self.depth)
         try:
             while True:
-                item = ready.get()
+                item = reader.ready.get()
                 if item is _END:
                     return
                 if isinstance(item, _Failure):
                     raise item.error
                 yield item
         finally:  # the consumer stopped early (max_steps, an error): let the producer go
-            stop.set()
-            while thread.is_alive():
-                _drain(ready)
-                thread.join(timeout=0.05)
+            reader.stop()
+
+
+class _ReadAhead:
+    """One iteration's producer thread and its queue, in `_running` until joined."""
+
+    def __init__(self, source: Iterable, depth: int):
+        self.ready: queue.Queue = queue.Queue(maxsize=depth)
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(
+            target=_produce, args=(source, self.ready, self.stopping), daemon=True,
+            name="recsys-loader",
+        )  # fmt: skip
+        with _running_lock:
+            _running.add(self)
+        self.thread.start()
+
+    def stop(self) -> None:
+        """Ask the producer to stop, and wait for it (it may be blocked on a full queue)."""
+        self.stopping.set()
+        while self.thread.is_alive():
+            _drain(self.ready)
+            self.thread.join(timeout=0.05)
+        with _running_lock:
+            _running.discard(self)
+
+
+def stop_all() -> None:
+    """Stop and join every read-ahead thread still running (an iterator never closed)."""
+    with _running_lock:
+        readers = list(_running)
+    for reader in readers:
+        reader.stop()
+
+
+# Before interpreter teardown, while the threads can still finish the call they are in.
+atexit.register(stop_all)
 
 
 class _Failure:

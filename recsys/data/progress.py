@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+import torch
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class Recordable(Protocol):
     """What recording needs of a batch (a `recsys.data.batch.Batch` is one)."""
 
     bad_rows: dict[str, int]
+    rows_padded: int
     position: BatchPosition | None
 
 
@@ -57,6 +59,7 @@ class EpochProgress:
     epoch: int = 0
     rows: int = 0  # real rows recorded
     bad_rows: dict[str, int] = field(default_factory=dict)  # rows skipped, by reason
+    rows_padded: int = 0  # rows read with missing trailing fields added (not skipped)
     done_units: set[int] = field(default_factory=set)
     partial: dict[int, list[np.ndarray]] = field(default_factory=dict)  # open unit -> row ids
     # rank -> (worker whose batch comes next, num_workers, world_size): lets a resumed
@@ -67,6 +70,7 @@ class EpochProgress:
         """Count one trained batch; padding batches (no position) change nothing."""
         for reason, count in batch.bad_rows.items():
             self.bad_rows[reason] = self.bad_rows.get(reason, 0) + count
+        self.rows_padded += batch.rows_padded
         position = batch.position
         if position is None:
             return
@@ -102,6 +106,7 @@ class EpochProgress:
         bad: Counter[str] = Counter()
         for p in parts:
             merged.rows += p.rows
+            merged.rows_padded += p.rows_padded
             bad.update(p.bad_rows)
             merged.done_units |= p.done_units
             merged.next_worker.update(p.next_worker)
@@ -113,22 +118,29 @@ class EpochProgress:
         return merged
 
     def state_dict(self) -> dict[str, Any]:
-        """Plain Python and numpy values (picklable, no tensors)."""
+        """Plain Python values, and int64 tensors for the open units' row ids: what
+        `torch.load(weights_only=True)` reads back without allow-listing any type."""
         return {
-            "epoch": self.epoch,
-            "rows": self.rows,
-            "bad_rows": dict(self.bad_rows),
-            "done_units": sorted(self.done_units),
-            "partial": {unit: self.recorded_ids(unit) for unit in sorted(self.partial)},
-            "next_worker": {rank: list(v) for rank, v in self.next_worker.items()},
+            "epoch": int(self.epoch),
+            "rows": int(self.rows),
+            "bad_rows": {str(k): int(v) for k, v in self.bad_rows.items()},
+            "rows_padded": int(self.rows_padded),
+            "done_units": sorted(int(u) for u in self.done_units),
+            "partial": {
+                int(unit): torch.from_numpy(self.recorded_ids(unit).astype(np.int64))
+                for unit in sorted(self.partial)
+            },
+            "next_worker": {int(r): [int(x) for x in v] for r, v in self.next_worker.items()},
         }
 
     @staticmethod
     def from_state_dict(d: dict[str, Any]) -> EpochProgress:
+        """Back from `state_dict()`; row ids may be tensors, arrays or lists."""
         return EpochProgress(
             epoch=int(d["epoch"]),
             rows=int(d["rows"]),
             bad_rows={str(k): int(v) for k, v in d["bad_rows"].items()},
+            rows_padded=int(d.get("rows_padded", 0)),  # absent from older checkpoints
             done_units={int(u) for u in d["done_units"]},
             partial={int(u): [np.asarray(ids, np.int64)] for u, ids in d["partial"].items()},
             next_worker={int(r): tuple(int(x) for x in v) for r, v in d["next_worker"].items()},

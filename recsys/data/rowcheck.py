@@ -7,7 +7,11 @@ travel with the batches to the trainer (`Batch.bad_rows`, `EpochProgress.bad_row
 shortened epoch is never silent.
 
 Reasons: wrong_column_count, unparsable_number, bad_label, non_finite_dense, missing_column,
-empty_file, truncated_line, unreadable_unit.
+empty_file, truncated_line, unreadable_unit; libsvm text also bad_pair (a token that is not
+`idx[:value]` or `field:idx:value`) and several_values (two pairs for a one-value column).
+
+Not bad: a Criteo line that lacks trailing (empty) fields is read with them missing, and only
+counted (`report_padded`, the metric `data/rows_padded`).
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ class BadRowLog:
         self.skip, self.max_examples = skip, max_examples
         self.counts: Counter[str] = Counter()
         self.examples = 0
+        self.padded = 0  # rows read with missing trailing fields added (not bad)
+        self._padded_logged = False
 
     def report(self, reason: str, count: int, where: Callable[[], str], detail: str) -> None:
         """`count` rows are bad for `reason`; `where()` (called only if needed) says where."""
@@ -50,6 +56,19 @@ class BadRowLog:
         """The counts since the last call (the rows of the unit just finished)."""
         counts, self.counts = dict(self.counts), Counter()
         return counts
+
+    def report_padded(self, count: int, where: Callable[[], str], detail: str) -> None:
+        """`count` rows lacked trailing fields and were read with them missing (the first
+        time, logged with `where()` and `detail`)."""
+        self.padded += count
+        if not self._padded_logged:
+            self._padded_logged = True
+            log.info("%s: %s (counted as data/rows_padded)", where(), detail)
+
+    def take_padded(self) -> int:
+        """Padded rows since the last call (the rows of the unit just finished)."""
+        padded, self.padded = self.padded, 0
+        return padded
 
 
 def check_rows(

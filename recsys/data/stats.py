@@ -76,6 +76,7 @@ class DatasetStats:
     rows: int = 0
     label_rate: float | None = None  # share of positive labels
     bad_rows: dict[str, int] = field(default_factory=dict)  # skipped (data.on_bad_row=skip)
+    rows_padded: int = 0  # Criteo lines read with missing trailing fields added
     features: list[FeatureStats] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -118,6 +119,7 @@ def compute_stats(
             bar.update(table.num_rows)
     stats.label_rate = label.rate()
     stats.bad_rows = dict(bad.counts)
+    stats.rows_padded = bad.padded
     stats.features = [accumulators[f.name].result() for f in schema.features]
     _fill_collisions(stats.features, schema)
     return stats
@@ -313,6 +315,8 @@ def format_table(stats: DatasetStats) -> str:
     lines = [f"{stats.path}: {stats.rows:,} rows, label rate {rate}"]
     if stats.bad_rows:
         lines.append(f"skipped bad rows (data.on_bad_row=skip): {stats.bad_rows}")
+    if stats.rows_padded:
+        lines.append(f"rows with missing trailing fields, read padded: {stats.rows_padded:,}")
     lines.append("")
     header = f"{'feature':<16} {'kind':<8} {'missing':>8} {'distinct':>12} {'buckets':>11} {'collide':>8}  details"
     lines += [header, "-" * len(header)]

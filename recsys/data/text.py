@@ -9,6 +9,9 @@ not hold line breaks (quoted newlines would break the cut; Criteo and most logs 
 Every column is read as text: ids stay ids ("021" is not 21), numbers are parsed by
 `recsys.data.rowcheck`, row by row, so a bad value names its line. Empty fields are missing,
 and only they: "NA" or "null" is an id like any other, "nan" and "inf" are non-finite numbers.
+A Criteo line whose trailing empty fields were stripped (fewer than 40 fields) is padded with
+missing values and counted (`PaddedLines`; metric `data/rows_padded`); too many fields is a
+bad row. libSVM text (`recsys.data.libsvm`) is read here line by line, then decoded.
 
 Row ids of text rows: `unit.index * 2**40 + k` for the k-th row parsed in the unit. They are
 unique and deterministic (the same files give the same ids on any number of ranks or workers)
@@ -20,6 +23,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
@@ -35,18 +39,29 @@ _CHUNK = 1 << 16
 
 
 def delimiter(fmt: SourceFormat) -> str:
+    """The field delimiter of the format (libsvm: whitespace, space or tab)."""
+    if fmt.format is DataFormat.libsvm:
+        return " "
     return "," if fmt.format is DataFormat.csv else "\t"
 
 
 def fixed_columns(fmt: SourceFormat) -> tuple[str, ...] | None:
-    """Column names when files have no header line (None: each file's header names them)."""
+    """Column names when files have no header line (None: each file's header names them).
+
+    libsvm: the `data.columns` entries as written (`name`, `name=I-J`, ...): the layout.
+    """
     if fmt.format is DataFormat.criteo:
         return fmt.columns or CRITEO_COLUMNS
+    if fmt.format is DataFormat.libsvm:
+        return fmt.columns
     return None if fmt.header else fmt.columns
 
 
 def check_columns(fmt: SourceFormat, columns: list[str]) -> None:
-    """Before any file is read: the layout can name columns, and names the ones to read."""
+    """Before any file is read: the layout can name columns, and names the ones to read.
+
+    (libsvm layouts are checked by `recsys.data.libsvm`, which knows the label and kinds.)
+    """
     if fmt.format is not DataFormat.criteo and not fmt.header and not fmt.columns:
         raise ConfigError(
             f"data.format={fmt.format.value} with data.header=false needs data.columns: "
@@ -108,6 +123,8 @@ class TextUnitReader:
                 reason="missing_column",
             )
         with self._open(header_bytes, bad) as stream:
+            if self.fmt.format is DataFormat.criteo:
+                stream = PaddedLines(stream, delimiter(self.fmt).encode(), len(names))
             try:
                 # open_csv parses the first block already: its errors are caught here too.
                 for block in pacsv.open_csv(stream, **self._csv_options(names, bad, block_bytes)):
@@ -121,6 +138,8 @@ class TextUnitReader:
                         reason="unreadable_unit",
                     ) from e
                 bad.report(*self._invalid)  # fail mode: raises the DataError naming the line
+            if isinstance(stream, PaddedLines) and stream.padded:
+                bad.report_padded(stream.padded, lambda: self.unit.path, stream.describe())
         self._report_cut_line(bad)
 
     def _csv_options(self, names: tuple[str, ...], bad: BadRowLog, block_bytes: int) -> dict:
@@ -248,6 +267,74 @@ class TextUnitReader:
                 chunk = f.read(min(_CHUNK * 16, end - pos))
                 count, pos = count + chunk.count(b"\n"), pos + len(chunk)
         return count
+
+
+class PaddedLines(io.RawIOBase):
+    """A text stream whose lines with too few fields get their missing trailing ones.
+
+    Tools that write Criteo-layout logs sometimes strip a line's trailing empty fields (a row
+    whose last ids are missing ends early). Such a line only lacks missing values: this pads it
+    with empty fields (missing) up to `fields`, so the CSV parser reads it as a whole row, and
+    counts it (`padded`). Lines with too many fields are left alone: those stay bad rows. Works
+    on whole lines of `block` bytes at a time, counting fields with numpy (no quoting: the
+    Criteo layout has none); blank lines stay blank.
+    """
+
+    def __init__(self, raw, sep: bytes, fields: int, block: int = 1 << 22):
+        super().__init__()
+        self.raw, self.sep, self.fields, self.block = raw, sep[0], fields, block
+        self.padded = 0
+        self.example: bytes | None = None
+        self._out = bytearray()
+        self._carry = b""
+        self._eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        while (n is None or n < 0 or len(self._out) < n) and not self._eof:
+            chunk = self.raw.read(self.block)
+            if not chunk:
+                self._eof, data, self._carry = True, self._carry, b""
+            else:
+                data = self._carry + chunk
+                cut = data.rfind(b"\n") + 1
+                data, self._carry = data[:cut], data[cut:]
+            if data:
+                self._out += self._pad(data)
+        n = len(self._out) if n is None or n < 0 else min(n, len(self._out))
+        out = bytes(self._out[:n])
+        del self._out[:n]
+        return out
+
+    def _pad(self, data: bytes) -> bytes:
+        """Whole lines (the last one may lack its line break only at the end of the stream)."""
+        arr = np.frombuffer(data, np.uint8)
+        ends = np.flatnonzero(arr == 10)
+        if not len(ends) or ends[-1] != len(arr) - 1:
+            ends = np.append(ends, len(arr))  # a last line without line break
+        starts = np.concatenate([[0], ends[:-1] + 1])
+        cr = (ends > starts) & (arr[np.maximum(ends - 1, 0)] == 13)
+        body_ends = ends - cr  # before "\r\n"
+        seps = np.flatnonzero(arr == self.sep)
+        found = np.searchsorted(seps, body_ends) - np.searchsorted(seps, starts)
+        missing = np.where(body_ends > starts, self.fields - 1 - found, 0)
+        short = missing > 0
+        if not short.any():
+            return data
+        self.padded += int(short.sum())
+        if self.example is None:
+            first = int(np.flatnonzero(short)[0])
+            self.example = data[starts[first] : body_ends[first]][:200]
+        at = np.repeat(body_ends[short], missing[short])
+        return np.insert(arr, at, self.sep).tobytes()
+
+    def describe(self) -> str:
+        return (
+            f"{self.padded} line(s) with fewer than {self.fields} fields (e.g. "
+            f"{self.example!r}) read with their missing trailing fields as missing values"
+        )
 
 
 class _ByteRange(io.RawIOBase):

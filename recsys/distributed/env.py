@@ -7,7 +7,10 @@ group because DistributedModelParallel does, so it gets a world of one over an i
 
 from __future__ import annotations
 
+import gc
+import importlib
 import os
+import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -18,6 +21,18 @@ import torch.distributed as dist
 from recsys.config import ConfigError
 
 T = TypeVar("T")
+# torch modules that bind `dist.group.WORLD` as a default argument when first imported. torch
+# imports them lazily (torch._dynamo pulls them in when the first optimizer is built), so they
+# would be imported after init_process_group and bind the live default group: a reference that
+# destroy_process_group cannot drop. The group, with gloo's worker and transport threads, would
+# outlive the run into interpreter teardown, where a worker still releasing a finished
+# collective's tensors wants the GIL, is ended by pthread_exit inside a noexcept destructor,
+# and the process aborts ("terminate called without an active exception"). Imported before the
+# group exists, they bind None.
+_BIND_WORLD_ON_IMPORT = (
+    "torch.distributed.nn.functional",
+    "torch.distributed.optim.zero_redundancy_optimizer",
+)
 
 
 @dataclass(frozen=True)
@@ -41,6 +56,8 @@ def init_distributed(device_name: str) -> DistEnv:
     device = _device(device_name, local_rank)
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
+        for module in _BIND_WORLD_ON_IMPORT:
+            importlib.import_module(module)
         device_id = device if device.type == "cuda" else None
         if "MASTER_ADDR" in os.environ:  # torchrun (or the user) says where to rendezvous
             dist.init_process_group(backend, rank=rank, world_size=world_size, device_id=device_id)
@@ -69,9 +86,17 @@ def _device(name: str, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
-def shutdown_distributed() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown_distributed() -> bool:
+    """Destroy the process group. Returns whether the group is gone with it: gloo's worker and
+    transport threads stop only when the last reference to the group does (`shutdown()` does
+    not stop them), so a caller that still holds the sharded model keeps them running."""
+    if not dist.is_initialized():
+        return True
+    group = weakref.ref(dist.group.WORLD)
+    dist.destroy_process_group()
+    if group() is not None:
+        gc.collect()  # sharded modules hold the group, and some sit in reference cycles
+    return group() is None
 
 
 def broadcast_object(obj: Any, env: DistEnv) -> Any:
@@ -100,13 +125,18 @@ def lockstep(items: Iterable[T], padding: T, env: DistEnv) -> Iterator[T]:
     This costs one tiny all-reduce per step (a host sync), only when world_size > 1.
     """
     iterator = iter(items)
-    while True:
-        item = next(iterator, None)
-        if env.world_size > 1:
-            alive = torch.tensor([int(item is not None)], device=env.device)
-            dist.all_reduce(alive, op=dist.ReduceOp.MAX)
-            if not alive.item():
+    try:
+        while True:
+            item = next(iterator, None)
+            if env.world_size > 1:
+                alive = torch.tensor([int(item is not None)], device=env.device)
+                dist.all_reduce(alive, op=dist.ReduceOp.MAX)
+                if not alive.item():
+                    return
+            elif item is None:
                 return
-        elif item is None:
-            return
-        yield item if item is not None else padding
+            yield item if item is not None else padding
+    finally:  # closed early (max_steps, an error): stop the loader's thread or workers now
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()

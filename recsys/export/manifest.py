@@ -2,8 +2,11 @@
 
     EXPORT_DIR/
       manifest.json                     everything a serving system needs to read the rest
-      tables/<table>.npy                float32 [num_buckets, dim]; row b = hash bucket b
-      tables/<table>__first_order.npy   float32 [num_buckets, 1]; per-bucket bias (if any)
+      tables/<table>.npy                [num_buckets, dim]; row b = hash bucket b; float32,
+                                        float16 or uint8 codes by the table's `dtype`
+      tables/<table>__row_params.npy    float32 [num_buckets, 2]: per-row scale, bias (int8 only)
+      tables/<table>__first_order.npy   [num_buckets, 1]; per-bucket bias (if any); float32, or
+                                        float16 when the tables are fp16 / int8
       dense.pt                          torch state dict of the dense part (recsys.model.head)
 
 The manifest carries the hash rule, every feature's column, seed and table, every table's
@@ -16,9 +19,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from recsys.config import DataFormat
 from recsys.data.source import SourceFormat
@@ -26,8 +32,13 @@ from recsys.data.text import delimiter, fixed_columns
 from recsys.hashing import HASH_FUNCTION, MISSING_BUCKET
 from recsys.schema import Schema
 
+if TYPE_CHECKING:  # the read path (stats, the scorer's records) runs without torch
+    import torch
+
 FORMAT = "recsys-serving-export"
-FORMAT_VERSION = 1
+# v2: tables may be stored as fp16 or row-wise int8 (`dtype`, `row_params`; recsys.export.
+# quantize); a v1 reader would take int8 codes for weights, so it must refuse v2.
+FORMAT_VERSION = 2
 MANIFEST_FILE = "manifest.json"
 
 HASH_RULE = {
@@ -123,28 +134,103 @@ class Manifest:
         path = Path(export_dir) / MANIFEST_FILE
         if not path.is_file():
             raise ExportError(f"{path} not found: is {export_dir} a recsys export folder?")
-        raw = json.loads(path.read_text())
-        if raw.get("format") != FORMAT or raw.get("format_version") != FORMAT_VERSION:
-            raise ExportError(
-                f"{path}: format {raw.get('format')!r} v{raw.get('format_version')} is not "
-                f"{FORMAT!r} v{FORMAT_VERSION}; export it again with this version of recsys."
-            )
+        raw = _read_json(path)
+        check_format(raw, path)
         schema = Schema.from_dict(raw["schema"])
         source = source_from_entry(raw.get("source"))
         return Manifest(schema, raw["tables"], raw["dense"], raw, source)
 
     def verify(self, export_dir: Path) -> None:
-        """Check every file against its recorded sha256."""
-        entries = [self.dense] + list(self.tables.values())
-        entries += [t["first_order"] for t in self.tables.values() if t.get("first_order")]
+        """Check every file against its recorded sha256 (and that it lies inside the export)."""
+        entries = [self.dense] + [f for t in self.tables.values() for f in table_files(t)]
         for entry in entries:
-            path = Path(export_dir) / entry["file"]
+            path = export_file(export_dir, entry["file"])
             if not path.is_file():
-                raise ExportError(f"{path} is listed in the manifest but missing.")
+                raise ExportError(
+                    f"{path} is listed in {MANIFEST_FILE} but missing: copy the whole export "
+                    f"folder again, or export again from the run's checkpoint."
+                )
             if sha256_file(path) != entry["sha256"]:
                 raise ExportError(
-                    f"{path}: checksum mismatch; the export is corrupted or was edited."
+                    f"{path}: checksum mismatch with {MANIFEST_FILE}; the file is corrupted or "
+                    f"was edited, so it is not used. Copy the export again from its source "
+                    f"(the MLflow run's artifacts), or export again from the run's checkpoint."
                 )
+
+
+def table_files(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every file entry (`file`, `sha256`) of one table: values, int8 row params, biases."""
+    return [entry] + [entry[k] for k in ("row_params", "first_order") if entry.get(k)]
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ExportError(
+            f"{path} is not valid JSON ({e}): the manifest is corrupted; copy the export again."
+        ) from e
+    if not isinstance(raw, dict):
+        raise ExportError(f"{path} is not a manifest (a JSON object); copy the export again.")
+    return raw
+
+
+def check_format(raw: dict[str, Any], path: Path) -> None:
+    """Read only exports of this format and version; say what to do with any other."""
+    fmt, version = raw.get("format"), raw.get("format_version")
+    if fmt != FORMAT:
+        raise ExportError(
+            f"{path}: format {fmt!r} is not {FORMAT!r}; point at a recsys serving export."
+        )
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        raise ExportError(
+            f"{path}: export format v{version} is newer than this recsys reads "
+            f"(v{FORMAT_VERSION}); upgrade recsys to the version that exported it."
+        )
+    if version != FORMAT_VERSION:
+        raise ExportError(
+            f"{path}: export format v{version} is older than this recsys reads "
+            f"(v{FORMAT_VERSION}); export it again from the run's checkpoint with this recsys."
+        )
+
+
+def export_file(export_dir: Path, name: str) -> Path:
+    """A file the manifest names, refused if it points outside the export folder (an edited
+    manifest must not make a reader open, say, ../../secrets)."""
+    root = Path(export_dir).resolve()
+    path = (root / name).resolve()
+    if not path.is_relative_to(root):
+        raise ExportError(
+            f"{Path(export_dir) / MANIFEST_FILE}: file {name!r} lies outside the export "
+            f"folder; the manifest was edited. Copy the export again from its source."
+        )
+    return Path(export_dir) / name
+
+
+def load_array(path: Path, mmap: bool = False) -> np.ndarray:
+    """A table file, never unpickled (allow_pickle=False): an object array is refused."""
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise ExportError(
+            f"{path} is not a plain numeric .npy table ({e}); the export was edited or is "
+            f"corrupted. Copy the export again from its source, or export again."
+        ) from e
+
+
+def load_dense(path: Path) -> dict[str, torch.Tensor]:
+    """The dense part's state dict with `weights_only=True`: tensors only, no code runs."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        refused = [line.strip() for line in str(e).splitlines() if "GLOBAL" in line]
+        raise ExportError(
+            f"{path} holds something other than tensors and was not loaded (nothing in it ran"
+            f"{'; ' + refused[0] if refused else ''}); the export was edited or is corrupted. "
+            f"Copy the export again from its source, or export again."
+        ) from e
 
 
 def sha256_file(path: Path) -> str:

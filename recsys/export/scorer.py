@@ -10,6 +10,7 @@ or Criteo, header or not), never guessed from a file name; `input_format` may ov
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Iterator
 from dataclasses import replace
@@ -25,7 +26,8 @@ from recsys.data.featurize import IN_MEMORY, FeatureArrays, RecordOrigin, featur
 from recsys.data.reader import RowReader
 from recsys.data.rowcheck import BadRowLog
 from recsys.data.source import SourceFormat, UnitError
-from recsys.export.manifest import MANIFEST_FILE, ExportError, Manifest
+from recsys.export.manifest import MANIFEST_FILE, ExportError, Manifest, load_dense
+from recsys.export.quantize import FloatRows, Rows, load_rows
 from recsys.model.combine import combine_pooled
 from recsys.model.registry import build_head, head_config_from_dict
 from recsys.schema import ResolvedLookup, Schema
@@ -42,21 +44,29 @@ class Scorer:
         if verify:
             self.manifest.verify(export_dir)
         self.schema = self.manifest.schema
-        # Memory-mapped: a serving box touches only the rows its ids hash to.
-        self.tables = {
-            n: np.load(export_dir / t["file"], mmap_mode="r")
-            for n, t in self.manifest.tables.items()
+        # Memory-mapped: a serving box touches only the rows its ids hash to, and fp16 / int8
+        # tables decode only the rows a batch gathers (recsys.export.quantize).
+        self.tables: dict[str, Rows] = {
+            n: load_rows(export_dir, t) for n, t in self.manifest.tables.items()
         }
-        self.biases = {
-            n: np.load(export_dir / t["first_order"]["file"], mmap_mode="r")
+        self.biases: dict[str, Rows] = {
+            n: load_rows(export_dir, t["first_order"])
             for n, t in self.manifest.tables.items()
             if t.get("first_order")
         }
         self.head = build_head(_head_config(self.manifest))
-        self.head.load_state_dict(
-            torch.load(export_dir / self.manifest.dense["file"], weights_only=True)
-        )
+        self.head.load_state_dict(load_dense(export_dir / self.manifest.dense["file"]))
         self.head.eval()
+
+    def with_tables(
+        self, tables: dict[str, np.ndarray], biases: dict[str, np.ndarray] | None = None
+    ) -> Scorer:
+        """This scorer (same schema and dense part) over other tables of the same shapes, e.g.
+        the float32 weights a quantized export was made from, to measure what it changed."""
+        other = copy.copy(self)
+        other.tables = _same_shapes(self.tables, tables, "table")
+        other.biases = _same_shapes(self.biases, biases or {}, "first-order table")
+        return other
 
     @torch.no_grad()
     def score(
@@ -109,9 +119,7 @@ class Scorer:
     def item_vectors(self, records: pa.Table | pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
         return self.tower(records, Tower.item)
 
-    def _pool(
-        self, arrays: FeatureArrays, feature: str, tables: dict[str, np.ndarray]
-    ) -> torch.Tensor:
+    def _pool(self, arrays: FeatureArrays, feature: str, tables: dict[str, Rows]) -> torch.Tensor:
         """The feature's pooled vector: its lookups (one, or two under double / qr hashing)
         pooled from their physical tables and combined as in training."""
         lookups = self.schema.lookups_of(feature)
@@ -120,10 +128,10 @@ class Scorer:
         return combine_pooled(pooled, list(pooled), lookups[0].combine, first_order)
 
     def _pool_lookup(
-        self, arrays: FeatureArrays, lookup: ResolvedLookup, table: np.ndarray
+        self, arrays: FeatureArrays, lookup: ResolvedLookup, table: Rows
     ) -> torch.Tensor:
         lengths = torch.from_numpy(arrays.lengths[lookup.key].astype(np.int64))
-        rows = torch.from_numpy(np.asarray(table[arrays.ids[lookup.key]], dtype=np.float32))
+        rows = torch.from_numpy(table[arrays.ids[lookup.key]])
         owner = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
         pooled = torch.zeros(len(lengths), table.shape[1]).index_add_(0, owner, rows)
         if self.schema.table(lookup.table).pooling is Pooling.mean:
@@ -176,6 +184,20 @@ class Scorer:
                 rows += batch.num_rows
         log.info("%s vectors of %d rows of %s -> %s", side, rows, input_path, output_path)
         return rows
+
+
+def _same_shapes(
+    stored: dict[str, Rows], given: dict[str, np.ndarray], what: str
+) -> dict[str, Rows]:
+    if set(given) != set(stored):
+        raise ValueError(f"{what}s {sorted(given)} are not the export's {sorted(stored)}.")
+    for name, array in given.items():
+        if tuple(array.shape) != stored[name].shape:
+            raise ValueError(
+                f"{what} {name!r}: shape {tuple(array.shape)} is not the export's "
+                f"{stored[name].shape}."
+            )
+    return {name: FloatRows(np.asarray(array, dtype=np.float32)) for name, array in given.items()}
 
 
 def _head_config(manifest: Manifest):

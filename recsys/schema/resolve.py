@@ -5,8 +5,16 @@ Errors name the offending `data.*` key and what to do.
 
 from __future__ import annotations
 
-from recsys.config import ConfigError, DataConfig, FeatureKind, FeatureSpec, TableSpec
+from recsys.config import (
+    ConfigError,
+    DataConfig,
+    DataFormat,
+    FeatureKind,
+    FeatureSpec,
+    TableSpec,
+)
 from recsys.schema.expand import expand_tables
+from recsys.schema.layout import check_libsvm_columns, parse_libsvm_layout
 from recsys.schema.resolved import ResolvedFeature, ResolvedTable, Schema
 
 
@@ -28,11 +36,29 @@ def resolve_schema(data: DataConfig, default_dim: int) -> Schema:
             raise ConfigError(
                 f"data.tables.{name} is fed by no feature; remove it or point a feature's `table` at it."
             )
+    if data.default_num_buckets < 2:
+        raise ConfigError(
+            f"data.default_num_buckets={data.default_num_buckets}: need >= 2 (bucket 0 is "
+            f"reserved for missing ids)."
+        )
+    # A table not declared in data.tables is a table of defaults (data.default_num_buckets).
+    specs = {name: data.tables.get(name) or TableSpec() for name in users}
     tables = tuple(
-        _resolve_table(name, data.tables.get(name), fs, default_dim) for name, fs in users.items()
+        _resolve_table(name, specs[name], fs, default_dim, data.default_num_buckets)
+        for name, fs in users.items()
     )
-    physical, lookups = expand_tables(tables, data.tables, features)
+    if data.format is DataFormat.libsvm:
+        _check_libsvm(data, features)
+    physical, lookups = expand_tables(tables, specs, features)
     return Schema(label=data.label, features=features, tables=physical, lookups=lookups)
+
+
+def _check_libsvm(data: DataConfig, features: tuple[ResolvedFeature, ...]) -> None:
+    kinds: dict[str, set[FeatureKind]] = {}
+    for f in features:
+        kinds.setdefault(f.column, set()).add(f.kind)
+    layout = parse_libsvm_layout(data.columns)
+    check_libsvm_columns(layout, data.label.column, kinds)
 
 
 def _resolve_feature(name: str, spec: FeatureSpec) -> ResolvedFeature:
@@ -78,16 +104,12 @@ def _check_clip(name: str, spec: FeatureSpec, dense: bool) -> None:
 
 
 def _resolve_table(
-    name: str, spec: TableSpec | None, features: list[str], default_dim: int
+    name: str, spec: TableSpec, features: list[str], default_dim: int, default_buckets: int
 ) -> ResolvedTable:
-    if spec is None:
+    buckets = default_buckets if spec.num_buckets is None else spec.num_buckets
+    if buckets < 2:
         raise ConfigError(
-            f"feature(s) {features} feed table '{name}', but data.tables.{name} is not declared; "
-            f"add it with its num_buckets."
-        )
-    if spec.num_buckets < 2:
-        raise ConfigError(
-            f"data.tables.{name}.num_buckets={spec.num_buckets}: need >= 2 (bucket 0 is reserved for missing ids)."
+            f"data.tables.{name}.num_buckets={buckets}: need >= 2 (bucket 0 is reserved for missing ids)."
         )
     dim = spec.embedding_dim or default_dim
     if dim % 4 != 0:
@@ -95,4 +117,4 @@ def _resolve_table(
         raise ConfigError(
             f"embedding dim {dim} for table '{name}' is not a multiple of 4 (FBGEMM needs it); set model.embedding_dim or data.tables.{name}.embedding_dim."
         )
-    return ResolvedTable(name, int(spec.num_buckets), dim, spec.pooling, tuple(features))
+    return ResolvedTable(name, int(buckets), dim, spec.pooling, tuple(features))

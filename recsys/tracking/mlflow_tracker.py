@@ -4,16 +4,9 @@ Training code logs through a `Tracker`. `open_tracker` returns an `MlflowTracker
 run) when tracking is on and this is rank 0, and a `NullTracker` (does nothing) otherwise, so the
 training loop never branches on whether tracking is on.
 
-Where runs go, first match wins:
-
-1. `tracking.uri` from the config;
-2. the `MLFLOW_TRACKING_URI` environment variable;
-3. the project default, a SQLite store `<cwd>/mlruns/mlflow.db` with artifacts in
-   `<cwd>/mlruns/artifacts` (see `default_tracking_uri` and `default_artifact_root`).
-
-When MLflow cannot be reached, `tracking.required=true` raises `TrackingError`; otherwise a
-warning is logged and training goes on untracked. The reachability check fails fast: MLflow's
-HTTP retries are switched off while it runs.
+Opening a run (store, experiment, name) is in `recsys.tracking.runs`; params flattening in
+`recsys.tracking.params`; dataset inputs in `recsys.tracking.datasets`; UI links in
+`recsys.tracking.urls`.
 
 `mlflow` takes seconds to import, so it is imported lazily: `import recsys.tracking` is cheap
 and a `NullTracker` never imports it.
@@ -21,29 +14,25 @@ and a `NullTracker` never imports it.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-import os
-import re
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from enum import Enum
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
+
+from recsys.tracking.datasets import dataset_input
+from recsys.tracking.params import MAX_PARAM_VALUE_LENGTH, flatten_params, json_default
+from recsys.tracking.urls import run_url, ui_base_url, ui_command
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from mlflow import MlflowClient
 
-    from recsys.config import TrackingConfig
-
 logger = logging.getLogger(__name__)
 
-#: MLflow's limit on a param value's length (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH).
-MAX_PARAM_VALUE_LENGTH = 6000
+__all__ = ["MAX_PARAM_VALUE_LENGTH", "MlflowTracker", "NullTracker", "Tracker", "TrackingError"]
+
 #: MLflow's limit on params (and tags) per `log_batch` call (MAX_PARAMS_TAGS_PER_BATCH).
 MAX_PARAMS_PER_BATCH = 100
 #: MLflow's limit on metrics per `log_batch` call (MAX_METRICS_PER_BATCH).
@@ -51,9 +40,9 @@ MAX_METRICS_PER_BATCH = 1000
 #: Seconds the reachability check waits for a tracking server before giving up.
 REACHABILITY_TIMEOUT_S = 5
 
-_PARENT_RUN_TAG = "mlflow.parentRunId"
-_TRUNCATION_MARKER = "...[truncated]"
-_BAD_KEY_CHARS = re.compile(r"[^\w.\- /:]")
+#: The run tag MLflow's UI shows as the run's description.
+DESCRIPTION_TAG = "mlflow.note.content"
+
 _TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
 
 
@@ -97,6 +86,20 @@ class Tracker:
     def log_figure(self, fig: Figure, artifact_file: str) -> None:
         """Store a matplotlib figure as an image artifact (e.g. "plots/loss.png")."""
 
+    def set_description(self, text: str) -> None:
+        """Set the run's description (markdown; shown on the run page), e.g. its summary."""
+
+    def log_dataset(
+        self,
+        context: str,
+        name: str,
+        source: str,
+        digest: str,
+        schema: Mapping[str, str],
+        rows: int | None,
+    ) -> None:
+        """Record a dataset input (see `recsys.tracking.datasets.dataset_input` for the args)."""
+
     def finish(self, status: str = "FINISHED") -> None:
         """End the run with `status` (FINISHED, FAILED or KILLED); later calls do nothing."""
 
@@ -134,9 +137,10 @@ class NullTracker(Tracker):
 class MlflowTracker(Tracker):
     """One MLflow run, driven through `MlflowClient` (no global active-run state).
 
-    After a failed MLflow call the tracker raises `TrackingError` when `required`; otherwise it
-    warns once and turns into a no-op, so a tracking server going down mid-run does not stop
-    training.
+    Every MLflow call is queued and sent in order by a background sender
+    (`recsys.tracking.sender`), which retries with backoff while the server is away: training
+    only enqueues. `finish` flushes with a deadline (`tracking.flush_timeout_s`) and says what,
+    if anything, never reached MLflow; with `required` that is a `TrackingError`.
     """
 
     def __init__(
@@ -149,8 +153,9 @@ class MlflowTracker(Tracker):
         tracking_uri: str,
         artifact_root: str | None = None,
         required: bool = False,
+        flush_timeout_s: float = 60.0,
     ) -> None:
-        """Wrap an already created, active run.
+        """Wrap an already created, active run; start the thread that sends its calls.
 
         Args:
             client: client bound to `tracking_uri`.
@@ -159,8 +164,12 @@ class MlflowTracker(Tracker):
             experiment_name: name of the run's experiment (for messages).
             tracking_uri: where the run is stored.
             artifact_root: the experiment's artifact location (for the `mlflow ui` hint).
-            required: raise `TrackingError` on a failed MLflow call instead of going untracked.
+            required: raise `TrackingError` when MLflow refuses a call, or when `finish` cannot
+                deliver everything, instead of warning.
+            flush_timeout_s: how long `finish` waits for queued calls (tracking.flush_timeout_s).
         """
+        from recsys.tracking.sender import Sender, is_transient_mlflow_error, use_fail_fast_http
+
         self._client = client
         self.run_id = run_id
         self.experiment_id = experiment_id
@@ -168,8 +177,15 @@ class MlflowTracker(Tracker):
         self.tracking_uri = tracking_uri
         self.artifact_root = artifact_root
         self.required = required
-        self._broken = False
+        self.flush_timeout_s = flush_timeout_s
+        #: What reached MLflow, set by `finish` (a `recsys.tracking.sender.SendReport`).
+        self.delivery: Any = None
         self._finished = False
+        # Every call goes through the sender thread, which retries with its own backoff, so
+        # MLflow's in-call retries (minutes) are switched off for this process.
+        use_fail_fast_http()
+        self._sender = Sender(tracking_uri, is_transient=is_transient_mlflow_error)
+        self._system_metrics: Any = None  # mlflow's SystemMetricsMonitor while it runs
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log `params` flattened to dotted keys, in batches of at most 100."""
@@ -206,7 +222,7 @@ class MlflowTracker(Tracker):
 
     def log_dict(self, d: dict[str, Any], artifact_file: str) -> None:
         """Store `d` as JSON/YAML; Enums and Paths are written as their value / string."""
-        clean = json.loads(json.dumps(d, default=_json_default))
+        clean = json.loads(json.dumps(d, default=json_default))
         self._call("log dict", self._client.log_dict, self.run_id, clean, artifact_file)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
@@ -221,313 +237,154 @@ class MlflowTracker(Tracker):
         """Store the matplotlib figure `fig` as `artifact_file`."""
         self._call("log figure", self._client.log_figure, self.run_id, fig, artifact_file)
 
+    def set_description(self, text: str) -> None:
+        """Store `text` as the run description (the `mlflow.note.content` tag)."""
+        self._call("set description", self._client.set_tag, self.run_id, DESCRIPTION_TAG, text)
+
+    def log_dataset(
+        self,
+        context: str,
+        name: str,
+        source: str,
+        digest: str,
+        schema: Mapping[str, str],
+        rows: int | None,
+    ) -> None:
+        """Log a dataset input with the `mlflow.data.context` tag `context`."""
+        item = dataset_input(context, name, source, digest, schema, rows)
+        self._call("log dataset", self._client.log_inputs, self.run_id, datasets=[item])
+
+    def start_system_metrics(self) -> None:
+        """Sample CPU, memory, disk and network into `system/...` metrics until `finish`.
+
+        MLflow's monitor logs from its own thread with its own client, so a slow tracking
+        server never stalls training through it. Failing to start it only costs a warning.
+        """
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            monitor = SystemMetricsMonitor(self.run_id, tracking_uri=self.tracking_uri)
+            monitor.start()
+        except Exception as err:  # psutil missing, odd platform: the run itself matters more
+            logger.warning("MLflow system metrics are off for run %s: %s", self.run_id, err)
+            return
+        self._system_metrics = monitor
+
     def finish(self, status: str = "FINISHED") -> None:
-        """Mark the run terminated with `status`; only the first call has an effect."""
+        """Deliver every queued call, then mark the run `status`; only the first call acts.
+
+        Waits up to `flush_timeout_s` (a server that is away may come back meanwhile). The run
+        is marked terminated only after all calls before it were sent, so a run the server
+        still shows RUNNING lacks data. What was not delivered is counted in `self.delivery`,
+        named in a warning, tagged on the run when it can be, and raised when `required`.
+        The sender thread is always stopped and joined here (also on Ctrl-C).
+        """
         if self._finished:
             return
         if status not in _TERMINAL_STATUSES:
             raise ValueError(f"status={status!r}: expected one of {_TERMINAL_STATUSES}")
         self._finished = True
-        self._call("finish run", self._client.set_terminated, self.run_id, status)
-        logger.info("MLflow run %s ended %s. %s", self.run_id, status, self.describe())
+        self._stop_system_metrics()
+        sender, client, run_id = self._sender, self._client, self.run_id
+
+        def terminate() -> None:  # runs on the sender thread, after every earlier call
+            if not (so_far := sender.report()).complete:
+                client.set_tag(run_id, "recsys.tracking_lost", so_far.summary())
+            client.set_terminated(run_id, status)
+
+        sender.submit("finish run", terminate)
+        try:
+            self.delivery = sender.close(self.flush_timeout_s)
+        except KeyboardInterrupt:  # a second Ctrl-C cut the flush short: still say what is lost
+            self.delivery = sender.report()
+            logger.warning("MLflow run %s: flush interrupted; %s.", run_id, self.delivery.summary())
+            raise
+        if self.delivery.complete:
+            logger.info("MLflow run %s ended %s. %s", run_id, status, self.describe())
+            return
+        message = (
+            f"MLflow run {run_id} at {self.tracking_uri} is INCOMPLETE: "
+            f"{self.delivery.summary()} (first: {self.delivery.first_error}); the status "
+            f"{status} is recorded only when delivered. If the server was away, it did not "
+            f"come back within tracking.flush_timeout_s={self.flush_timeout_s:g}: raise it, "
+            "or check the server."
+        )
+        if self.required and status == "FINISHED":
+            raise TrackingError(message + " (tracking.required=true)")
+        logger.warning(message)
 
     def describe(self) -> str:
-        """Where the run is and how to open it in the MLflow UI."""
+        """Where the run is and the link that opens it in the MLflow UI's training view."""
         where = f"MLflow run {self.run_id} in experiment '{self.experiment_name}'"
-        page = f"#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        if self.delivery is not None and not self.delivery.complete:
+            where += f" (INCOMPLETE in MLflow: {self.delivery.summary()})"
+        url = self.url()
         if self.tracking_uri.startswith(("http://", "https://")):
-            return f"{where}: open {self.tracking_uri.rstrip('/')}/{page}"
-        return (
-            f"{where} (store {self.tracking_uri}); view it with `{ui_command(self.tracking_uri, self.artifact_root)}`"
-            f" and open http://127.0.0.1:5000/{page}"
-        )
+            return f"{where}: open {url}"
+        serve = ui_command(self.tracking_uri, self.artifact_root)
+        return f"{where} (store {self.tracking_uri}); view it with `{serve}` and open {url}"
 
-    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> None:
-        """Run one MLflow call; on failure raise (required) or warn once and go untracked."""
-        if self._broken:
+    def url(self) -> str:
+        """The run page in the MLflow UI (model-training view)."""
+        return run_url(ui_base_url(self.tracking_uri), self.experiment_id, str(self.run_id))
+
+    @property
+    def client(self) -> MlflowClient:
+        """The run's MLflow client, for calls that need an answer now (the model registry,
+        `recsys.tracking.model`); call `wait_sent` first so the run holds what was queued."""
+        return self._client
+
+    def wait_sent(self, timeout_s: float | None = None) -> bool:
+        """Wait until every call queued so far was delivered, refused or lost.
+
+        Returns:
+            False when that took longer than `timeout_s` (default `flush_timeout_s`).
+        """
+        import concurrent.futures
+
+        barrier = self._sender.submit("wait for queued calls", lambda: None)
+        try:
+            barrier.result(timeout=self.flush_timeout_s if timeout_s is None else timeout_s)
+        except concurrent.futures.TimeoutError:
+            return False
+        except Exception:  # the barrier itself was lost (sender closed): nothing is queued
+            pass
+        return True
+
+    def _stop_system_metrics(self) -> None:
+        """Stop the system metrics thread (it flushes its last sample) before the run ends."""
+        monitor, self._system_metrics = self._system_metrics, None
+        if monitor is None:
             return
         try:
-            fn(*args, **kwargs)
+            monitor.finish()
         except Exception as err:
-            if self.required:
-                raise TrackingError(
-                    f"MLflow call '{what}' failed for run {self.run_id} at {self.tracking_uri}: "
-                    f"{err}. Check the tracking server, or set tracking.required=false to let "
-                    "training go on untracked."
-                ) from err
-            self._broken = True
-            logger.warning(
-                "MLflow call '%s' failed for run %s at %s: %s. Training continues; "
-                "nothing more is logged to MLflow for this run.",
-                what,
-                self.run_id,
-                self.tracking_uri,
-                err,
+            logger.warning("Stopping MLflow system metrics for run %s: %s", self.run_id, err)
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Queue one MLflow call for the sender thread and return at once (never blocks).
+
+        Calls reach MLflow in the order made; while the server is away they wait in memory and
+        are retried with backoff (see `recsys.tracking.sender`). The arguments are used when
+        the call is sent, not now: pass values that do not change later (files stay in place).
+
+        Returns:
+            A `concurrent.futures.Future` of the call's result, for a caller that needs it.
+
+        Raises:
+            TrackingError: `required` and MLflow refused an earlier call (a bad value, a
+                deleted run), or the run was already finished.
+        """
+        refused = self._sender.refused
+        if self.required and (refused is not None or self._finished):
+            why = f"refused an earlier call: {refused}" if refused else "the run is finished"
+            raise TrackingError(
+                f"MLflow call '{what}' for run {self.run_id} at {self.tracking_uri}: MLflow "
+                f"{why}. Check the run and the server, or set tracking.required=false to let "
+                "training go on with a warning."
             )
-
-
-# ------------------------------------------------------------------------------ opening a run
-
-
-def default_tracking_uri(cwd: Path) -> str:
-    """The project's default store: `sqlite:///<abs cwd>/mlruns/mlflow.db`."""
-    return f"sqlite:///{(Path(cwd).resolve() / 'mlruns' / 'mlflow.db').as_posix()}"
-
-
-def default_artifact_root(cwd: Path) -> Path:
-    """Where artifacts of the default store go: `<abs cwd>/mlruns/artifacts`."""
-    return Path(cwd).resolve() / "mlruns" / "artifacts"
-
-
-def resolve_tracking_uri(cfg: TrackingConfig, cwd: Path | None = None) -> str:
-    """`cfg.uri`, else `$MLFLOW_TRACKING_URI`, else `default_tracking_uri(cwd)`."""
-    return (
-        cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(cwd or Path.cwd())
-    )
-
-
-def ui_command(tracking_uri: str, artifact_root: str | Path | None = None) -> str:
-    """The shell command that serves the MLflow UI for a local store."""
-    cmd = f"mlflow ui --backend-store-uri {tracking_uri}"
-    if artifact_root is not None:
-        cmd += f" --default-artifact-root {artifact_root}"
-    return cmd
-
-
-def open_tracker(
-    cfg: TrackingConfig,
-    run_config: Any,
-    *,
-    enabled_on_this_rank: bool = True,
-    parent_run_id: str | None = None,
-) -> Tracker:
-    """Start an MLflow run for this training job, or hand back a `NullTracker`.
-
-    Args:
-        cfg: the `tracking` config group.
-        run_config: the whole run's config (dataclass or mapping), logged flattened as params.
-        enabled_on_this_rank: False on every rank but 0, so only one process logs.
-        parent_run_id: nest the new run under this run (sweeps): sets `mlflow.parentRunId`.
-
-    Returns:
-        An `MlflowTracker` for the new, active run; a `NullTracker` when tracking is disabled,
-        this is not rank 0, or MLflow is unreachable and `cfg.required` is false.
-
-    Raises:
-        TrackingError: MLflow cannot be reached (or refuses the run) and `cfg.required` is true.
-    """
-    if not enabled_on_this_rank:
-        logger.debug("MLflow tracking is off on this rank; rank 0 logs the run.")
-        return NullTracker("not rank 0")
-    if not cfg.enabled:
-        logger.info("MLflow tracking is off (tracking.enabled=false); training runs untracked.")
-        return NullTracker("tracking.enabled=false")
-    uri = resolve_tracking_uri(cfg)
-    try:
-        tracker = _start_run(cfg, uri, parent_run_id)
-    except Exception as err:
-        return _unreachable(cfg, uri, err)
-    if run_config is not None:
-        tracker.log_params(run_config)
-    logger.info("MLflow tracking on: %s", tracker.describe())
-    return tracker
-
-
-def _start_run(cfg: TrackingConfig, uri: str, parent_run_id: str | None) -> MlflowTracker:
-    """Create the experiment if missing and start a run in it (fast-failing when unreachable)."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
-    artifact_root = _artifact_root_for(uri)
-    with _fail_fast_http():
-        experiment_id = _ensure_experiment(client, cfg.experiment, artifact_root)
-    tags = _run_tags(parent_run_id)
-    run = client.create_run(experiment_id, tags=tags, run_name=cfg.run_name)
-    return MlflowTracker(
-        client,
-        run.info.run_id,
-        experiment_id=experiment_id,
-        experiment_name=cfg.experiment,
-        tracking_uri=uri,
-        artifact_root=str(artifact_root) if artifact_root else None,
-        required=cfg.required,
-    )
-
-
-def _ensure_experiment(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
-    """The id of experiment `name`, created (artifacts under `artifact_root`) when missing."""
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    location = None
-    if artifact_root is not None:
-        artifact_root.mkdir(parents=True, exist_ok=True)
-        location = artifact_root.as_uri()
-    logger.info(
-        "Creating MLflow experiment '%s' (artifacts: %s)", name, location or "server default"
-    )
-    return client.create_experiment(name, artifact_location=location)
-
-
-def _artifact_root_for(uri: str) -> Path | None:
-    """For a SQLite store file, `<abs db folder>/artifacts`; None (server decides) otherwise."""
-    prefix = "sqlite:///"
-    if not uri.startswith(prefix):
-        return None
-    # sqlite:////abs/path.db is absolute, sqlite:///rel/path.db relative to the cwd.
-    raw = unquote(uri[len(prefix) :].split("?", 1)[0])
-    if not raw or raw == ":memory:":
-        return None
-    db_path = Path(raw).resolve()
-    db_path.parent.mkdir(parents=True, exist_ok=True)
-    return db_path.parent / "artifacts"
-
-
-def _run_tags(parent_run_id: str | None) -> dict[str, str]:
-    """MLflow's usual context tags (user, source, git commit) plus the parent run tag."""
-    tags: dict[str, str] = {}
-    try:
-        from mlflow.tracking.context.registry import resolve_tags
-
-        tags.update(resolve_tags())
-    except Exception as err:  # context tags are nice to have, never worth failing for
-        logger.debug("Could not resolve MLflow context tags: %s", err)
-    if parent_run_id is not None:
-        tags[_PARENT_RUN_TAG] = parent_run_id
-    return tags
-
-
-def _unreachable(cfg: TrackingConfig, uri: str, err: Exception) -> Tracker:
-    """Raise `TrackingError` when tracking is required; otherwise warn and go untracked."""
-    advice = (
-        "start the tracking server, fix tracking.uri (or MLFLOW_TRACKING_URI), "
-        "or set tracking.required=false to train untracked"
-    )
-    if cfg.required:
-        raise TrackingError(
-            f"Cannot reach or use MLflow at {uri}: {err}. To fix: {advice}."
-        ) from err
-    logger.warning(
-        "Cannot reach or use MLflow at %s: %s. Training continues UNTRACKED (tracking.required=false). "
-        "To track: start the tracking server, fix tracking.uri (or MLFLOW_TRACKING_URI), "
-        "or set tracking.enabled=false to silence this warning.",
-        uri,
-        err,
-    )
-    return NullTracker(f"MLflow unreachable at {uri}")
-
-
-@contextmanager
-def _fail_fast_http() -> Iterator[None]:
-    """No retries and a short timeout for MLflow HTTP calls inside the block.
-
-    MLflow's defaults (7 retries with exponential backoff, 120 s timeout) take minutes to report
-    an unreachable server. MLflow reads these variables on every request, so setting them for the
-    duration of the first call is enough; later calls keep MLflow's resilient defaults.
-    """
-    overrides = {
-        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(REACHABILITY_TIMEOUT_S),
-    }
-    saved = {k: os.environ.get(k) for k in overrides}
-    os.environ.update(overrides)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-# ----------------------------------------------------------------------------------- params
-
-
-def flatten_params(obj: Any, prefix: str = "") -> dict[str, str]:
-    """Flatten a dataclass / nested mapping / sequence into MLflow params with dotted keys.
-
-    `{"trainer": {"lr": 0.1}}` gives `{"trainer.lr": "0.1"}`; a dataclass is read field by
-    field; Enums give their value; lists of scalars become one JSON value (`"[64, 32]"`); other
-    lists are indexed (`"items.0.name"`). Values longer than MLflow's limit are truncated with
-    a `...[truncated]` marker; characters MLflow rejects in keys become `_`.
-
-    Args:
-        obj: the value to flatten.
-        prefix: key prefix for everything under `obj`.
-
-    Returns:
-        Param key -> string value, in the order the fields appear.
-    """
-    out: dict[str, str] = {}
-    _flatten_into(out, obj, prefix)
-    return out
-
-
-def _flatten_into(out: dict[str, str], obj: Any, prefix: str) -> None:
-    """Add the params of `obj` (under `prefix`) to `out`."""
-    children = _children(obj)
-    if children is None:
-        out[_param_key(prefix or "value")] = _param_value(_scalar_text(obj))
-    elif not children and prefix:
-        out[_param_key(prefix)] = "[]" if _is_sequence(obj) else "{}"
-    else:
-        for key, value in children:
-            _flatten_into(out, value, f"{prefix}.{key}" if prefix else str(key))
-
-
-def _children(obj: Any) -> list[tuple[str, Any]] | None:
-    """Named sub-values of a container; None for a leaf (scalar, or list of scalars)."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return [(f.name, getattr(obj, f.name)) for f in dataclasses.fields(obj)]
-    if isinstance(obj, Mapping):
-        return [(str(k), v) for k, v in obj.items()]
-    if _is_sequence(obj):
-        items = list(obj)
-        if items and all(_is_scalar(v) for v in items):
-            return None
-        return [(str(i), v) for i, v in enumerate(items)]
-    return None
-
-
-def _is_sequence(obj: Any) -> bool:
-    return isinstance(obj, Sequence | set | frozenset) and not isinstance(obj, str | bytes)
-
-
-def _is_scalar(obj: Any) -> bool:
-    return obj is None or isinstance(obj, str | int | float | bool | Enum | Path)
-
-
-def _scalar_text(obj: Any) -> str:
-    """A leaf's text: Enums by value, sequences of scalars as JSON, the rest by `str`."""
-    if isinstance(obj, Enum):
-        return str(obj.value)
-    if _is_sequence(obj):
-        return json.dumps(list(obj), default=_json_default)
-    return str(obj)
-
-
-def _param_value(text: str) -> str:
-    """`text`, cut to MLflow's param value limit with a marker when too long."""
-    if len(text) <= MAX_PARAM_VALUE_LENGTH:
-        return text
-    return text[: MAX_PARAM_VALUE_LENGTH - len(_TRUNCATION_MARKER)] + _TRUNCATION_MARKER
-
-
-def _param_key(key: str) -> str:
-    """`key` with characters MLflow rejects replaced by `_`."""
-    return _BAD_KEY_CHARS.sub("_", key)
-
-
-def _json_default(obj: Any) -> Any:
-    """JSON fallback for Enums, Paths, sets and dataclasses."""
-    if isinstance(obj, Enum):
-        return obj.value
-    if isinstance(obj, set | frozenset):
-        return sorted(obj, key=str)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.asdict(obj)
-    return str(obj)
+        items = sum(len(kwargs.get(k) or ()) for k in ("metrics", "params", "tags")) or 1
+        return self._sender.submit(what, lambda: fn(*args, **kwargs), items)
 
 
 # ------------------------------------------------------------------------------------ helpers

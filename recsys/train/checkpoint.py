@@ -7,7 +7,9 @@ Layout, under a run's output folder:
                                        optimizer state; DCP reshards on load, so a checkpoint
                                        written by 2 processes resumes on 1 (or 8)
       trainer_state.pt                 step, epoch, the loader position of all ranks merged
-                                       (EpochProgress.state_dict()), RNG states of every rank
+                                       (EpochProgress.state_dict()), RNG states of every rank;
+                                       plain Python values and tensors only, read back with
+                                       torch.load(weights_only=True): never unpickled
       meta.json                        step, epoch, world size, time, schema + fingerprint, config
 
 Writing is atomic: every rank writes into `step_<N>.tmp/`, then, after a barrier, rank 0
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import shutil
 import time
 import warnings
@@ -34,10 +37,13 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.metadata import Metadata
 
 from recsys.config import ConfigError
 from recsys.distributed.env import DistEnv, broadcast_object, gather_objects
 from recsys.schema import Schema, schema_differences
+from recsys.train import safe_dcp
+from recsys.train.safe_dcp import SafeFileSystemReader
 from recsys.train.seeding import restore_rng, rng_state
 
 log = logging.getLogger(__name__)
@@ -47,7 +53,8 @@ STEP_PREFIX = "step_"
 TMP_SUFFIX = ".tmp"
 META_FILE = "meta.json"
 STATE_FILE = "trainer_state.pt"
-FORMAT_VERSION = 1
+# 2: trainer_state.pt holds only plain values and tensors (v1 pickled NumPy objects).
+FORMAT_VERSION = 2
 # The checkpoint's two sections; DCP flattens them into "<section>.<state key>".
 MODEL_SECTION, OPTIMIZER_SECTION = "model", "optim"
 
@@ -141,7 +148,8 @@ def save_checkpoint(
         progress: this rank's EpochProgress for `epoch` (merged over ranks here), or None
             when the checkpoint marks the start of `epoch`.
         optimizer: a torchrec KeyedOptimizer (CombinedOptimizer: fused sparse + dense).
-        extra: small picklable state saved as is (rank 0's), returned on load.
+        extra: small state saved as is (rank 0's), returned on load: plain Python values
+            and tensors only (an LR scheduler's state_dict()), since loading never unpickles.
     """
     started = time.perf_counter()
     root = Path(output_dir) / CHECKPOINTS_DIR
@@ -162,6 +170,7 @@ def save_checkpoint(
     if env.is_main:
         merged = _merge_progress(progress, progress_parts)
         trainer_state = {
+            "format_version": FORMAT_VERSION,
             "step": step,
             "epoch": epoch,
             "progress": merged,
@@ -278,14 +287,19 @@ def load_checkpoint(
     """
     path = Path(broadcast_object(str(Path(path).resolve()), env))
     meta = read_meta(path)
+    check_format_version(meta, path)
     check_schema(meta["schema"], schema, path)
+    read_dcp_metadata(path)  # refuses a tampered .metadata with a clear error, before DCP runs
     _init_optimizer_state(optimizer)
     model_state, optim_state = model.state_dict(), optimizer.state_dict()
     with _quiet_dcp():
-        dcp.load({MODEL_SECTION: model_state, OPTIMIZER_SECTION: optim_state}, checkpoint_id=path)
+        dcp.load(
+            {MODEL_SECTION: model_state, OPTIMIZER_SECTION: optim_state},
+            storage_reader=SafeFileSystemReader(path),
+        )
     model.load_state_dict(model_state)
     optimizer.load_state_dict(optim_state)
-    trainer_state = torch.load(path / STATE_FILE, weights_only=False)
+    trainer_state = read_trainer_state(path)
     restore_rng(trainer_state, env, seed)
     log.info(
         "resumed from %s: step %d, epoch %d (written by %d process(es))",
@@ -302,6 +316,66 @@ def load_checkpoint(
         world_size=trainer_state["world_size"],
         extra=trainer_state["extra"],
     )
+
+
+def check_format_version(meta: dict[str, Any], path: Path) -> None:
+    """Resume only from checkpoints this recsys writes; say what to do with any other."""
+    version = meta.get("format_version")
+    if version == FORMAT_VERSION:
+        return
+    where = Path(path) / META_FILE
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{where}: checkpoint format v{version} is newer than this recsys reads "
+            f"(v{FORMAT_VERSION}). Upgrade recsys to the version that wrote it to resume."
+        )
+    raise CheckpointError(
+        f"{where}: checkpoint format v{version} is older than this recsys reads "
+        f"(v{FORMAT_VERSION}; v1 kept trainer state as pickled objects, which are never loaded "
+        f"now). Resume it with the recsys that wrote it, or start a new run with "
+        f"trainer.warm_start={path} to reuse its weights (warm start reads only tensors)."
+    )
+
+
+def read_trainer_state(path: Path) -> dict[str, Any]:
+    """`trainer_state.pt` with `weights_only=True`: tensors and plain values only, so a file
+    that smuggles in a pickled object is refused before any of its code runs."""
+    file = Path(path) / STATE_FILE
+    if not file.is_file():
+        raise CheckpointError(
+            f"{file} not found: the checkpoint is incomplete; resume from "
+            f"another one (trainer.resume=<step folder>)."
+        )
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{file} holds something other than tensors and plain values and was not loaded "
+            f"(nothing in it ran{_refused_global(e)}). recsys never writes that: the file was "
+            f"replaced or edited. Resume from a checkpoint you trust."
+        ) from e
+    except (RuntimeError, EOFError) as e:
+        raise CheckpointError(
+            f"{file} cannot be read ({e}): the file is truncated or corrupted. Resume from "
+            f"another checkpoint (trainer.resume=<step folder>)."
+        ) from e
+
+
+def read_dcp_metadata(path: Path) -> Metadata:
+    """DCP's `.metadata` (a pickle) through an unpickler that builds only DCP's own classes."""
+    try:
+        return safe_dcp.read_metadata(path)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{e}. The checkpoint was not loaded (nothing in it ran): it was replaced or "
+            f"edited; resume or warm-start from a checkpoint you trust."
+        ) from e
+
+
+def _refused_global(error: Exception) -> str:
+    """torch's message names the refused type on one line, amid advice to load unsafely."""
+    lines = [line.strip() for line in str(error).splitlines() if "GLOBAL" in line]
+    return f"; {lines[0]}" if lines else ""
 
 
 def _init_optimizer_state(optimizer: Any) -> None:

@@ -20,7 +20,8 @@ from recsys.schema import Schema
 class Evaluation:
     metrics: BinaryMetrics
     row_ids: np.ndarray  # every eval row's id (of all ranks) ...
-    probs: np.ndarray  # ... and its predicted click probability, sorted by row id
+    probs: np.ndarray  # ... its predicted click probability ...
+    labels: np.ndarray  # ... and its label (float32), all sorted by row id
 
 
 @torch.no_grad()
@@ -34,7 +35,7 @@ def evaluate(
     """
     model.eval()
     accumulator = MetricAccumulator()
-    row_ids, probs = [], []
+    row_ids, probs, targets = [], [], []
     padding = Batch.padding(schema, dataset.options.batch_size)
     loader = lockstep(make_loader(dataset), padding, env)
     try:
@@ -46,23 +47,26 @@ def evaluate(
             real = batch.real_rows.cpu()
             row_ids.append(batch.row_ids.cpu()[real])
             probs.append(p[real])
+            targets.append(labels.float().cpu()[real])
     finally:
         loader.close()  # stops the loader's read-ahead now, also when a batch failed
         model.train()
     metrics = accumulator.compute()
-    return Evaluation(metrics, *_all_predictions(row_ids, probs))
+    return Evaluation(metrics, *_all_predictions(row_ids, probs, targets))
 
 
 def _all_predictions(
-    row_ids: list[torch.Tensor], probs: list[torch.Tensor]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Every rank's (row id, probability) pairs, sorted by row id, on every rank."""
+    row_ids: list[torch.Tensor], probs: list[torch.Tensor], labels: list[torch.Tensor]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every rank's (row id, probability, label) rows, sorted by row id, on every rank."""
     ids = torch.cat(row_ids) if row_ids else torch.zeros(0, dtype=torch.int64)
-    ps = torch.cat(probs) if probs else torch.zeros(0)
+    values = torch.zeros(2, 0)
+    if probs:
+        values = torch.stack([torch.cat(probs).float(), torch.cat(labels).float()])
     ids = all_gather_rows(ids.view(1, -1))[0].numpy()
-    ps = all_gather_rows(ps.float().view(1, -1))[0].numpy()
+    values = all_gather_rows(values).numpy()
     order = np.argsort(ids, kind="stable")
-    return ids[order], ps[order]
+    return ids[order], values[0][order], values[1][order]
 
 
 __all__ = ["Evaluation", "evaluate"]

@@ -164,6 +164,7 @@ class Epoch:
         merged = EpochProgress.merge(gather_objects(self.state.progress, env))
         metrics = {"data/rows_trained": float(merged.rows)}
         metrics["data/bad_rows"] = float(sum(merged.bad_rows.values()))
+        metrics["data/rows_padded"] = float(merged.rows_padded)  # short lines, not skipped
         return metrics | {f"data/bad_rows/{r}": float(n) for r, n in merged.bad_rows.items()}
 
     def _run(self) -> Iterator[StepReport]:
@@ -223,11 +224,17 @@ def _pins(trainer: TrainerConfig, env: DistEnv) -> bool:
     return trainer.pin_memory and env.device.type == "cuda"
 
 
+class _Bar(tqdm):
+    # No monitor thread: tqdm starts one with the first bar (even a disabled one) and never
+    # stops it, so it would outlive the run. It only retunes `miniters` of stalled bars.
+    monitor_interval = 0
+
+
 def _progress_bar(
     dataset: StreamingDataset, trainer: TrainerConfig, env: DistEnv, state: TrainState
 ) -> tqdm:
     total = -(-dataset.num_rows // (trainer.batch_size * env.world_size))  # ceil: an estimate
-    return tqdm(
+    return _Bar(
         total=total,
         desc=f"epoch {state.epoch}",
         disable=not (env.is_main and trainer.progress_bar),

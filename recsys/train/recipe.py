@@ -5,6 +5,7 @@
     train      epochs of steps; between steps: validation, checkpoints, early stopping
     evaluate   the final evaluation on data.eval_path, and the predictions file
     export     the serving export (every rank takes part; rank 0 writes)
+    plots      the run's figures as tracked artifacts (rank 0)
     finish     stops what setup started (tracker, process group), whatever ended the run
 
 `run(cfg)` validates the whole config first (nothing is built, opened or written before),
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import traceback
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,13 +27,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recsys.config import TrainConfig
+from recsys.data.fingerprint import data_fingerprint
 from recsys.data.progress import EpochProgress
 from recsys.data.source import SourceFormat
 from recsys.distributed.env import broadcast_object, init_distributed, shutdown_distributed
 from recsys.distributed.sharding import full_state_dict
-from recsys.export.writer import write_export
+from recsys.export.writer import export_metrics, write_export
 from recsys.schema import Schema
-from recsys.tracking import NullTracker, Tracker, open_tracker
+from recsys.tracking import NullTracker, Tracker, log_data_fingerprint, open_tracker, run_tags
 from recsys.train.build import build_training, datasets
 from recsys.train.checkpoint import (
     Checkpointer,
@@ -43,6 +46,7 @@ from recsys.train.checkpoint import (
 from recsys.train.evaluator import Evaluation, evaluate
 from recsys.train.loop import Epoch, TrainJob, TrainState
 from recsys.train.optim import LRScheduler, estimated_total_steps
+from recsys.train.plots import collision_stats, run_figures
 from recsys.train.seeding import configure_determinism, seed_everything
 from recsys.train.stopping import EarlyStopping
 from recsys.train.validate import validate
@@ -67,6 +71,26 @@ class TrainResult:
     tracking: str = ""
     stop_reason: str | None = None  # set when early stopping ended training
 
+    def summary(self) -> str:
+        """The few lines a person wants at the end of a run (also the MLflow description)."""
+        m = self.metrics
+        nan = float("nan")
+        lines = [
+            "",
+            "== recsys run finished ==",
+            f"  eval AUC {m.get('eval/auc', nan):.4f} | log loss {m.get('eval/log_loss', nan):.4f} "
+            f"| NE {m.get('eval/ne', nan):.4f} | calibration {m.get('eval/calibration', nan):.3f}",
+            f"  steps {self.steps} | {self.samples_per_second:,.0f} samples/s",
+            f"  outputs  {self.output_dir}",
+            f"  export   {self.export_dir or '(export disabled)'}",
+            f"  tracking {self.tracking}",
+        ]
+        if self.stop_reason:
+            lines.insert(4, f"  stopped  {self.stop_reason}")
+        if self.run_id:
+            lines.append("  open the MLflow UI with `make ui` (http://127.0.0.1:5000)")
+        return "\n".join(lines)
+
 
 def run(cfg: TrainConfig) -> TrainResult:
     """Train, evaluate and export as `cfg` says; joins torchrun's process group if there is one."""
@@ -76,7 +100,10 @@ def run(cfg: TrainConfig) -> TrainResult:
         recipe.train()
         recipe.evaluate()
         recipe.export()
-        return recipe.result()
+        recipe.plots()
+        result = recipe.result()
+        recipe.tracker.set_description(result.summary().strip())
+        return result
 
 
 # ------------------------------------------------------------------------------------ recipe
@@ -98,6 +125,9 @@ class TrainRecipe:
         self._resources = ExitStack()  # what finish() stops, last started first
         self._resume: ResumePoint | None = None
         self._last_validation: tuple[int, Evaluation] | None = None
+        self._final: Evaluation | None = None  # the final evaluation, for the plots
+        self._tables: dict | None = None  # the exported weights, for the plots
+        self.model_version = None  # the registered model version (tracked runs)
 
     def __enter__(self) -> TrainRecipe:
         return self
@@ -115,7 +145,7 @@ class TrainRecipe:
     def setup(self) -> None:
         cfg, trainer = self.cfg, self.cfg.trainer
         self.env = env = init_distributed(trainer.device)
-        self._resources.callback(shutdown_distributed)
+        self._resources.callback(self._leave_process_group)
         configure_determinism(trainer)
         seed_everything(trainer.seed)
         self.output_dir = Path(broadcast_object(str(Path(cfg.output_dir).resolve()), env))
@@ -176,6 +206,19 @@ class TrainRecipe:
         if (output_dir / ".hydra").is_dir():  # Hydra's composed config and the raw overrides
             tracker.log_artifacts(output_dir / ".hydra", "hydra")
         tracker.set_tags(_provenance(self._resume, warm))
+        if tracker.run_id is not None:  # rank 0 with tracking on: only then list the files
+            env = self.env
+            tracker.set_tags(run_tags(world_size=env.world_size, device=env.device.type))
+            self._log_datasets()
+
+    def _log_datasets(self) -> None:
+        """Train / validation / eval as MLflow dataset inputs, with fingerprint tags."""
+        data, fmt = self.cfg.data, SourceFormat.from_config(self.cfg.data)
+        paths = {"train": data.train_path, "validation": data.valid_path, "eval": data.eval_path}
+        for context, path in paths.items():
+            if path:
+                fingerprint = data_fingerprint(path, fmt, self.schema)
+                log_data_fingerprint(self.tracker, context, data.name, fingerprint)
 
     def _checkpointer(self) -> Checkpointer:
         """Saves as `trainer.checkpoint` says into `<output_dir>/checkpoints/`."""
@@ -266,6 +309,7 @@ class TrainRecipe:
             self._record(evaluation, "eval")
         if self.env.is_main:
             self.predictions_path = self._write_predictions(evaluation)
+        self._final = evaluation
         return evaluation
 
     def _write_predictions(self, evaluation: Evaluation) -> Path:
@@ -289,15 +333,43 @@ class TrainRecipe:
             "output_dir": str(self.output_dir),
             "eval_metrics": self.metrics,
         }
+        weights = self.training.layout.split(state)
+        export = self.cfg.export
         self.export_dir = write_export(
-            self.output_dir / self.cfg.export.subdir,
+            self.output_dir / export.subdir,
             self.schema,
             self.training.head_config,
-            self.training.layout.split(state),
+            weights,
             provenance,
             source=SourceFormat.from_config(self.cfg.data),  # so serving reads rows alike
+            table_dtype=export.table_dtype,
+            measure_on=self.cfg.data.eval_path,  # fp16 / int8: the score error they cause
+            measure_rows=export.quantization_eval_rows,
         )
-        self.tracker.log_artifacts(self.export_dir, "export")
+        self._tables = weights.tables
+        # Table bytes, and for fp16 / int8 the max score error and eval AUC change measured.
+        self.tracker.log_metrics(export_metrics(self.export_dir), self.state.step)
+        if self.tracker.run_id is not None:  # a tracked run: the export as a registered model
+            from recsys.tracking.model import log_and_register  # imports mlflow.pyfunc (~1.5 s)
+
+            self.model_version = log_and_register(
+                self.tracker, self.export_dir, self.schema, self.metrics,
+                self.cfg.tracking.register_as,
+            )  # fmt: skip
+
+    # ------------------------------------------------------------------------------- plots
+
+    def plots(self) -> None:
+        """The run's figures (recsys.train.plots) as artifacts under plots/: rank 0 of a
+        tracked run only (the collision estimate reads a sample of training rows)."""
+        tables, self._tables = self._tables, None  # the full weights go once drawn
+        if not self.env.is_main or self.tracker.run_id is None or self._final is None:
+            return
+        final = self._final
+        stats = collision_stats(self.cfg.data, self.schema)
+        figures = run_figures(self.history, final.labels, final.probs, tables, stats)
+        for name, fig in figures.items():
+            self.tracker.log_figure(fig, name)
 
     # ------------------------------------------------------------------------------ finish
 
@@ -309,7 +381,26 @@ class TrainRecipe:
     ) -> None:
         """Stop everything setup started, last started first: the tracker records FINISHED,
         FAILED or KILLED by how the run ended, then the process group goes."""
+        if exc is not None:
+            self.tracker.set_description(f"Run failed: {type(exc).__name__}: {exc}")
+        if tb is not None:
+            # The failed steps' frames hold the model and batches as locals; the traceback
+            # outlives the run (the caller may keep the exception), they need not.
+            traceback.clear_frames(tb)
         self._resources.__exit__(exc_type, exc, tb)
+
+    def _leave_process_group(self) -> None:
+        """Drop what holds the process group (the sharded model, its optimizer, the
+        checkpointer), then destroy it: gloo's threads stop only with the group's last
+        reference, and one still running at interpreter exit aborts the process."""
+        for name in ("job", "training", "saver", "stopper"):
+            self.__dict__.pop(name, None)
+        self._final = self._tables = None
+        if not shutdown_distributed():
+            log.warning(
+                "The process group outlived the run: something still holds the sharded model "
+                "(a reference kept after run() returned?); its threads may abort the exit."
+            )
 
     def result(self) -> TrainResult:
         state = self.state

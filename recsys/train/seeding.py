@@ -31,15 +31,31 @@ def configure_determinism(trainer: TrainerConfig) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    """This process's generator states (Python, NumPy, torch, CUDA when in use)."""
+    """This process's generator states (Python, NumPy, torch, CUDA when in use), as plain
+    Python values and tensors only, so a checkpoint holding them loads with
+    `torch.load(weights_only=True)` (no pickled NumPy objects to allow-list)."""
+    version, internal, gauss_next = random.getstate()
     state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": [version, list(internal), gauss_next],
+        "numpy": _numpy_state(),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
+
+
+def _numpy_state() -> dict[str, Any]:
+    """NumPy's legacy global generator (MT19937) in its dict form, the key as an int64 tensor."""
+    state = np.random.get_state(legacy=False)
+    inner = state["state"]
+    key = torch.from_numpy(inner["key"].astype(np.int64))
+    return {**state, "state": {"key": key, "pos": int(inner["pos"])}}
+
+
+def _set_numpy_state(state: dict[str, Any]) -> None:
+    key = np.asarray(state["state"]["key"], dtype=np.int64).astype(np.uint32)
+    np.random.set_state({**state, "state": {"key": key, "pos": int(state["state"]["pos"])}})
 
 
 def restore_rng(trainer_state: dict[str, Any], env: DistEnv, seed: int) -> None:
@@ -56,8 +72,9 @@ def restore_rng(trainer_state: dict[str, Any], env: DistEnv, seed: int) -> None:
         reseed(seed, trainer_state["step"], env.rank)
         return
     state = states[env.rank]
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    _set_numpy_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])

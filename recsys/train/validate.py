@@ -45,6 +45,10 @@ def validate(cfg: TrainConfig) -> Schema:
         raise ConfigError("data.eval_path is not set: give the rows to evaluate on.")
     check_trainer(cfg.trainer)
     check_model(cfg.model)
+    _positive("tracking.flush_timeout_s", cfg.tracking.flush_timeout_s)
+    _at_least(
+        "export.quantization_eval_rows", cfg.export.quantization_eval_rows, 0, "0 to not measure"
+    )
     schema = resolve_schema(cfg.data, cfg.model.embedding_dim)
     head_config(schema, cfg.model)  # the architecture's own checks (dims, towers, cross layers)
     return schema

@@ -27,7 +27,8 @@ from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.tensor import DTensor
 
 from recsys.distributed.env import DistEnv
-from recsys.export.manifest import MANIFEST_FILE, Manifest
+from recsys.export.manifest import MANIFEST_FILE, Manifest, load_dense
+from recsys.export.quantize import load_rows
 from recsys.model.layout import FIRST_ORDER_SUFFIX, WeightLayout
 from recsys.schema import Schema
 from recsys.train.checkpoint import (
@@ -35,9 +36,11 @@ from recsys.train.checkpoint import (
     META_FILE,
     MODEL_SECTION,
     CheckpointError,
+    read_dcp_metadata,
     read_meta,
     resolve_checkpoint,
 )
+from recsys.train.safe_dcp import SafeFileSystemReader
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +143,7 @@ def _from_export(
         if _accept(problem, name, report, skip):
             copy_full_into(state[key], torch.from_numpy(full))
             report.tables.append(name)
-    dense = torch.load(path / manifest.dense["file"], weights_only=True)
+    dense = load_dense(path / manifest.dense["file"])
     report.dense = _copy_dense(state, layout, dense)
     return report
 
@@ -152,13 +155,13 @@ def _export_table(
     entry = manifest.tables.get(base)
     if entry is None:
         return None
-    if name == base:
-        return np.load(path / entry["file"])
+    if name == base:  # float32 from any export.table_dtype (int8 rows decoded)
+        return load_rows(path, entry, mmap=False).full()
     if not entry.get("first_order"):
         return None
     # The export keeps the bias as one column (the sum of the model's kernel-aligned columns):
     # put it in the first column, zeros in the rest, and the model's bias is the same.
-    bias = np.load(path / entry["first_order"]["file"])
+    bias = load_rows(path, entry["first_order"], mmap=False).full()
     full = np.zeros((bias.shape[0], want[1]), dtype=np.float32)
     full[:, 0] = bias[:, 0]
     return full
@@ -172,7 +175,7 @@ def _from_checkpoint(
 ) -> WarmStartReport:
     saved_sizes = {
         k: tuple(md.size)
-        for k, md in dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata.items()
+        for k, md in read_dcp_metadata(path).state_dict_metadata.items()
         if hasattr(md, "size")
     }
     _warn_on_rehashed_tables(read_meta(path)["schema"], schema)
@@ -190,7 +193,11 @@ def _from_checkpoint(
     else:
         log.warning("warm start: the dense part's shapes differ from %s; it starts fresh.", path)
     # Loads each rank's own shards straight from the files (DCP reads only overlapping parts).
-    dcp.load(wanted, checkpoint_id=path, planner=DefaultLoadPlanner(allow_partial_load=True))
+    dcp.load(
+        wanted,
+        storage_reader=SafeFileSystemReader(path),
+        planner=DefaultLoadPlanner(allow_partial_load=True),
+    )
     for key, value in wanted.items():
         state[key[len(_MODEL) :]] = value
     report.dense = dense_ok and bool(dense)

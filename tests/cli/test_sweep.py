@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,3 +43,24 @@ def test_multirun_nests_trials_under_one_parent_run(tiny_log, tmp_path: Path) ->
     assert sorted(c.data.params["model.embedding_dim"] for c in children) == ["4", "8"]
     assert parents[0].info.status == "FINISHED"
     assert all("eval/auc" in c.data.metrics for c in children)
+
+    # Unique, telling names: the trial number is in each child's name.
+    names = sorted(c.info.run_name for c in children)
+    assert re.fullmatch(r"dlrm-movielens-t0-\d{4}-\d{4}-[0-9a-f]{4}", names[0]), names
+    assert re.fullmatch(r"dlrm-movielens-t1-\d{4}-\d{4}-[0-9a-f]{4}", names[1]), names
+    assert parents[0].info.run_name.startswith("sweep-dlrm-movielens-")
+
+    # The parent carries the best trial: its params, its metrics, which objective, a plot.
+    parent = parents[0]
+    tags = parent.data.tags
+    objective = tags["sweep.objective"]
+    assert objective == ("valid/auc" if "valid/auc" in children[0].data.metrics else "eval/auc")
+    best = max(children, key=lambda c: c.data.metrics[objective])
+    assert tags["sweep.best_run_id"] == best.info.run_id and tags["sweep.trials"] == "2"
+    assert parent.data.params["model.embedding_dim"] == best.data.params["model.embedding_dim"]
+    assert parent.data.metrics[objective] == best.data.metrics[objective]
+    assert best.info.run_name in tags["mlflow.note.content"]
+    plots = [a.path for a in client.list_artifacts(parent.info.run_id, "plots")]
+    assert plots == ["plots/sweep_objective.png"]
+    png = Path(client.download_artifacts(parent.info.run_id, plots[0], str(tmp_path / "dl")))
+    assert png.read_bytes()[:4] == b"\x89PNG"

@@ -1,13 +1,19 @@
-"""The read-ahead thread: same items in the same order, errors surface, early stops end it."""
+"""The read-ahead thread: same items in the same order, errors surface, early stops end it;
+loader worker processes end with their iteration too."""
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
-from itertools import islice
+from itertools import count, islice
 
 import pytest
 
-from recsys.data.prefetch import ThreadPrefetcher
+from recsys.compose import load_config
+from recsys.data.loader import LoaderOptions, StreamingDataset, make_loader
+from recsys.data.prefetch import ThreadPrefetcher, stop_all
+from recsys.schema import resolve_schema
+from tests.synthetic import TinyLog
 
 
 def _alive_loader_threads() -> int:
@@ -46,3 +52,31 @@ def test_stopping_early_ends_the_thread():
 def test_each_iteration_starts_over():
     batches = ThreadPrefetcher([1, 2, 3])
     assert list(batches) == list(batches) == [1, 2, 3]
+
+
+def test_closing_an_iterator_mid_way_ends_the_thread():
+    batches = iter(ThreadPrefetcher(count(), depth=2))
+    assert next(batches) == 0
+    assert _alive_loader_threads() == 1
+    batches.close()  # what an epoch left early does
+    assert _alive_loader_threads() == 0
+
+
+def test_threads_of_iterators_never_closed_are_stopped_at_exit():
+    # An iterator still referenced at exit (a frame kept by a traceback, a reference cycle)
+    # is never finalized; stop_all, run at exit, ends its thread while it can still finish.
+    batches = iter(ThreadPrefetcher(count(), depth=2))
+    next(batches)
+    stop_all()
+    assert _alive_loader_threads() == 0
+    batches.close()  # still fine afterwards
+
+
+def test_closing_an_iteration_of_the_loader_stops_its_worker_processes(tiny_log: TinyLog):
+    schema = resolve_schema(load_config([]).data, 16)
+    options = LoaderOptions(batch_size=64, num_workers=1)
+    batches = iter(make_loader(StreamingDataset(str(tiny_log.train), schema, options)))
+    next(batches)
+    assert multiprocessing.active_children()
+    batches.close()
+    assert not multiprocessing.active_children()

@@ -26,7 +26,7 @@ from recsys.tracking import (
 from recsys.tracking.mlflow_tracker import MAX_PARAM_VALUE_LENGTH, MAX_PARAMS_PER_BATCH
 
 UNREACHABLE_URI = "http://127.0.0.1:9"  # the discard port: nothing listens there
-LOGGER = "recsys.tracking.mlflow_tracker"
+LOGGER = "recsys.tracking"  # parent of every tracking module's logger
 
 
 def _train_config() -> TrainConfig:
@@ -138,6 +138,7 @@ def test_tags_and_describe(cfg: TrackingConfig, client: MlflowClient) -> None:
         hint = tracker.describe()
     assert client.get_run(tracker.run_id).data.tags["stage"] == "test"
     assert tracker.run_id in hint and "mlflow ui --backend-store-uri" in hint
+    assert hint.endswith("?workflowType=machine_learning")  # opens the model-training view
 
 
 def test_nested_run_has_parent_tag(cfg: TrackingConfig, client: MlflowClient) -> None:
@@ -162,19 +163,24 @@ def test_status_finished_failed_killed(cfg: TrackingConfig, client: MlflowClient
 def test_failed_call_mid_run(
     cfg: TrackingConfig, client: MlflowClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A run MLflow refuses (here: deleted) stops tracking, or raises when it is required."""
+    """Calls MLflow refuses (here: the run was deleted) are warned about once and counted as
+    lost; a required run raises at the end. (Calls are sent by a background thread, so the
+    refusal is seen at `finish`, not in the call itself.)"""
     tracker = open_tracker(cfg, None)
     client.delete_run(tracker.run_id)
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         tracker.log_metrics({"loss": 1.0}, step=0)
-        tracker.log_metrics({"loss": 0.5}, step=1)  # already untracked: no second warning
-    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+        tracker.log_metrics({"loss": 0.5}, step=1)  # refused too: no second refusal warning
+        tracker.finish()
+    assert len([r for r in caplog.records if "was refused" in r.getMessage()]) == 1
+    assert tracker.delivery is not None and not tracker.delivery.complete
     strict = open_tracker(
         TrackingConfig(uri=cfg.uri, experiment=cfg.experiment, required=True), None
     )
     client.delete_run(strict.run_id)
-    with pytest.raises(TrackingError, match="tracking.required=false"):
-        strict.log_metrics({"loss": 1.0})
+    strict.log_metrics({"loss": 1.0})
+    with pytest.raises(TrackingError, match="tracking.required"):
+        strict.finish()
 
 
 # ------------------------------------------------------------------------------ where runs go

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -15,25 +13,7 @@ from recsys.compose import load_config
 from recsys.export.scorer import Scorer
 from recsys.metrics import auc
 from recsys.train.recipe import run
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _make_train(nproc: int, out: Path, overrides: list[str]) -> subprocess.CompletedProcess:
-    """`make train NPROC=n`, the users' command: torchrun, gloo, one run folder."""
-    args = " ".join(overrides)
-    cmd = [
-        "make",
-        "-s",
-        "-C",
-        str(REPO),
-        "train",
-        f"NPROC={nproc}",
-        f"RUN_DIR={out}",
-        f"ARGS={args}",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env)
+from tests.synthetic import make_train
 
 
 @pytest.mark.distributed
@@ -42,7 +22,7 @@ def test_two_gloo_processes_train_export_and_match_one_process(tiny_log, tmp_pat
     # the export has to gather real shards.
     big_tables = ["data.tables.user_id.num_buckets=65536", "data.tables.item_id.num_buckets=65536"]
     overrides = tiny_log.overrides + ["tracking=none", "trainer.epochs=4", *big_tables]
-    proc = _make_train(2, tmp_path / "two", overrides)
+    proc = make_train(2, tmp_path / "two", overrides)
     assert proc.returncode == 0, proc.stderr[-3000:]
     plan = (tmp_path / "two" / "sharding_plan.txt").read_text()
     assert "table_wise" in plan and "rank:1/cpu" in plan, plan
@@ -85,7 +65,7 @@ def test_forced_sharding_type_trains_and_exports(
         f"model={model}",
         "data.tables.user_id.num_buckets=65536",
     ]
-    proc = _make_train(2, tmp_path / "run", overrides)
+    proc = make_train(2, tmp_path / "run", overrides)
     assert proc.returncode == 0, proc.stderr[-3000:]
     plan = (tmp_path / "run" / "sharding_plan.txt").read_text()
     user_row = next(line for line in plan.splitlines() if line.startswith("user_id "))

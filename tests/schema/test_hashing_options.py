@@ -32,7 +32,7 @@ from recsys.hashing import MISSING_BUCKET, hash_id, second_seed
 from recsys.model.sparse import SparseArch
 from recsys.schema import LookupPart, Schema, resolve_schema
 from recsys.train.recipe import TrainResult, run
-from tests.synthetic import write_tiny_log
+from tests.synthetic import make_train, write_tiny_log
 
 
 def _schema(user: TableSpec, tags: TableSpec | None = None) -> Schema:
@@ -245,10 +245,9 @@ def test_every_head_takes_qr_and_double_hashed_features(model: str) -> None:
 @pytest.mark.distributed
 def test_two_processes_shard_the_physical_tables_and_export_them(tiny_log, tmp_path: Path) -> None:
     """qr and double-hashed tables sharded table-wise over 2 gloo ranks; export from shards."""
-    from tests.test_distributed_train import _make_train
 
     overrides = tiny_log.overrides + OPTIONS + ["tracking=none", "sharding=table_wise"]
-    proc = _make_train(2, tmp_path / "two", overrides)
+    proc = make_train(2, tmp_path / "two", overrides)
     assert proc.returncode == 0, proc.stderr[-3000:]
     plan = (tmp_path / "two" / "sharding_plan.txt").read_text()
     assert "user_id__q" in plan and "item_id__h2" in plan and "rank:1/cpu" in plan, plan
