@@ -77,6 +77,13 @@ class DataFormat(StrEnum):
     libsvm = "libsvm"
 
 
+class HoldoutBy(StrEnum):
+    """Which training rows `data.holdout` keeps for validation (recsys.data.holdout)."""
+
+    tail = "tail"  # the last rows in file order: the most recent ones, for a log sorted by time
+    hash = "hash"  # a seeded pseudo-random share of rows (mmh3 of the row id): no order needed
+
+
 class OnBadRow(StrEnum):
     """What a row that cannot be used does: stop the run, or get dropped and counted."""
 
@@ -187,12 +194,23 @@ class FeatureSpec:
 
 
 @dataclass
+class HoldoutConfig:
+    """Validation rows held out of data.train_path when data.valid_path is not set: each row
+    is trained on or validated on, never both (recsys.data.holdout)."""
+
+    fraction: float = 0.05  # share of the training rows; 0: none (validate on data.eval_path)
+    by: HoldoutBy = HoldoutBy.tail
+    seed: int = 0  # by=hash: mmh3 seed of the row-id hash
+
+
+@dataclass
 class DataConfig:
     name: str = MISSING
     train_path: str = MISSING  # file, folder, glob or pyarrow filesystem URI
     eval_path: str | None = None
     # Mid-run evaluations and early stopping use it when set; the final one uses eval_path.
     valid_path: str | None = None
+    holdout: HoldoutConfig = field(default_factory=HoldoutConfig)  # when valid_path is not set
     format: DataFormat = DataFormat.parquet
     header: bool = True  # csv/tsv: the first line of every file names the columns
     # csv/tsv without header: the column names, in order; libsvm: which pairs of a line are
@@ -253,12 +271,16 @@ class LRScheduleConfig:
 
 @dataclass
 class EarlyStoppingConfig:
-    """Stop when the validation metric has not improved for `patience` evaluations."""
+    """Stop when the validation metric has not improved for `patience` evaluations; the
+    final model is then the best one on validation (recsys.train.best)."""
 
-    enabled: bool = False
+    enabled: bool = True
     metric: StoppingMetric = StoppingMetric.auc
     patience: int = 3  # evaluations without improvement before stopping
     min_delta: float = 0.0  # an improvement smaller than this does not count
+    # Write a checkpoint of each new best step and load it back when training ends, so the
+    # model evaluated, exported and checkpointed last is the best one, not the last one.
+    restore_best: bool = True
 
 
 @dataclass
@@ -304,7 +326,7 @@ class TrackingConfig:
     uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite under ./mlruns
     experiment: str = "recsys"
     run_name: str | None = None
-    required: bool = False  # true: fail when MLflow cannot be reached; false: warn, go on
+    required: bool = True  # true: fail when MLflow cannot be reached; false: warn, go on untracked
     parent_run_id: str | None = None  # nest the run under this one (sweeps set it)
     # Register the run's model under this name (None: log it, do not register); the alias
     # `champion` moves to a new version only when it beats the champion's validation AUC.

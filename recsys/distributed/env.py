@@ -13,7 +13,7 @@ import os
 import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -97,24 +97,6 @@ def shutdown_distributed() -> bool:
     if group() is not None:
         gc.collect()  # sharded modules hold the group, and some sit in reference cycles
     return group() is None
-
-
-def broadcast_object(obj: Any, env: DistEnv) -> Any:
-    """Rank 0's value of `obj` on every rank."""
-    if env.world_size == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def gather_objects(obj: Any, env: DistEnv) -> list[Any]:
-    """Every rank's value of `obj`, in rank order, on every rank."""
-    if env.world_size == 1:
-        return [obj]
-    parts: list[Any] = [None] * env.world_size
-    dist.all_gather_object(parts, obj)
-    return parts
 
 
 def lockstep(items: Iterable[T], padding: T, env: DistEnv) -> Iterator[T]:

@@ -1,13 +1,21 @@
-"""Collecting every rank's rows: the one gather that metrics and predictions share.
+"""Moving values between ranks, in one place.
 
-Ranks hold different numbers of rows (uneven files, padding dropped), so the gather first
-agrees on lengths, pads to the longest, gathers, then trims: one collective for any row count.
+`all_gather_rows` is the one gather of tensor rows that metrics and predictions share: ranks
+hold different numbers of rows (uneven files, padding dropped), so it first agrees on lengths,
+pads to the longest, gathers, then trims: one collective for any row count.
+`gather_objects` / `broadcast_object` move small Python values (loader progress, RNG states,
+paths); they are no-ops in a world of one.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import torch
 import torch.distributed as dist
+
+if TYPE_CHECKING:
+    from recsys.distributed.env import DistEnv
 
 
 def _collective_device(group: dist.ProcessGroup | None = None) -> torch.device:
@@ -42,3 +50,21 @@ def all_gather_rows(rows: torch.Tensor, group: dist.ProcessGroup | None = None) 
     gathered = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(gathered, padded, group=group)
     return torch.cat([g[:, :n].cpu() for g, n in zip(gathered, sizes, strict=True)], dim=1)
+
+
+def broadcast_object(obj: Any, env: DistEnv) -> Any:
+    """Rank 0's value of `obj` on every rank."""
+    if env.world_size == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_objects(obj: Any, env: DistEnv) -> list[Any]:
+    """Every rank's value of `obj`, in rank order, on every rank."""
+    if env.world_size == 1:
+        return [obj]
+    parts: list[Any] = [None] * env.world_size
+    dist.all_gather_object(parts, obj)
+    return parts

@@ -37,8 +37,10 @@ if TYPE_CHECKING:  # the read path (stats, the scorer's records) runs without to
 
 FORMAT = "recsys-serving-export"
 # v2: tables may be stored as fp16 or row-wise int8 (`dtype`, `row_params`; recsys.export.
-# quantize); a v1 reader would take int8 codes for weights, so it must refuse v2.
+# quantize); a v1 reader would take int8 codes for weights, so it must refuse v2. v1 exports
+# (float32 tables, no `dtype`) are v2 fp32 ones and still read.
 FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST_FILE = "manifest.json"
 
 HASH_RULE = {
@@ -176,7 +178,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def check_format(raw: dict[str, Any], path: Path) -> None:
-    """Read only exports of this format and version; say what to do with any other."""
+    """Read only exports of this format and a version it knows; say what to do with others."""
     fmt, version = raw.get("format"), raw.get("format_version")
     if fmt != FORMAT:
         raise ExportError(
@@ -187,7 +189,7 @@ def check_format(raw: dict[str, Any], path: Path) -> None:
             f"{path}: export format v{version} is newer than this recsys reads "
             f"(v{FORMAT_VERSION}); upgrade recsys to the version that exported it."
         )
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise ExportError(
             f"{path}: export format v{version} is older than this recsys reads "
             f"(v{FORMAT_VERSION}); export it again from the run's checkpoint with this recsys."

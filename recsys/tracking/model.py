@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import tempfile
 from dataclasses import dataclass
 from importlib import metadata
@@ -44,6 +45,9 @@ if TYPE_CHECKING:
     from recsys.export.scorer import Scorer
 
 logger = logging.getLogger(__name__)
+# Saving the model validates its input example by downloading the artifacts it just wrote,
+# with a progress bar per file: dozens of bars in the training log for nothing.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 #: The alias that `make serve` serves; it moves only to a version with a better validation AUC.
 CHAMPION_ALIAS = "champion"

@@ -40,7 +40,8 @@ from torch import nn
 from torch.distributed.checkpoint.metadata import Metadata
 
 from recsys.config import ConfigError
-from recsys.distributed.env import DistEnv, broadcast_object, gather_objects
+from recsys.distributed.env import DistEnv
+from recsys.distributed.gather import broadcast_object, gather_objects
 from recsys.schema import Schema, schema_differences
 from recsys.train import safe_dcp
 from recsys.train.safe_dcp import SafeFileSystemReader
@@ -141,6 +142,7 @@ def save_checkpoint(
     env: DistEnv,
     keep_last: int,
     extra: dict[str, Any] | None = None,
+    folder: str = CHECKPOINTS_DIR,
 ) -> Path:
     """Write `<output_dir>/checkpoints/step_<step>/` atomically. A collective: all ranks call it.
 
@@ -150,9 +152,11 @@ def save_checkpoint(
         optimizer: a torchrec KeyedOptimizer (CombinedOptimizer: fused sparse + dense).
         extra: small state saved as is (rank 0's), returned on load: plain Python values
             and tensors only (an LR scheduler's state_dict()), since loading never unpickles.
+        folder: the folder under `output_dir` (another than `checkpoints/` is no resume
+            candidate for `trainer.resume=latest`: the best step's copy, recsys.train.best).
     """
     started = time.perf_counter()
-    root = Path(output_dir) / CHECKPOINTS_DIR
+    root = Path(output_dir) / folder
     final, staging = root / f"{STEP_PREFIX}{step}", root / f"{STEP_PREFIX}{step}{TMP_SUFFIX}"
     if env.is_main:
         shutil.rmtree(staging, ignore_errors=True)
@@ -208,6 +212,26 @@ def _meta(step: int, epoch: int, schema: Schema, config: Any, env: DistEnv) -> d
         "schema_fingerprint": schema.fingerprint(),
         "config": json.loads(json.dumps(asdict(config), default=str)),
     }
+
+
+def promote_checkpoint(source: Path, output_dir: Path, env: DistEnv) -> Path:
+    """Make `source` (a complete checkpoint) the run's last one: checkpoints of later steps
+    under `<output_dir>/checkpoints/` are deleted, and `source` moves there as `step_<N>/`
+    (is copied, when it belongs to another run). A collective: all ranks call it."""
+    root, step = Path(output_dir) / CHECKPOINTS_DIR, _step_of(Path(source))
+    target = root / f"{STEP_PREFIX}{step}"
+    if env.is_main:
+        for later in [p for p in _complete_in(root) if _step_of(p) > step]:
+            shutil.rmtree(later, ignore_errors=True)
+        if not (target / META_FILE).is_file():
+            root.mkdir(parents=True, exist_ok=True)
+            if Path(source).resolve().is_relative_to(Path(output_dir).resolve()):
+                Path(source).rename(target)
+            else:
+                shutil.copytree(source, target)
+        log.info("the last checkpoint is now the best step's: %s", target)
+    _barrier(env)
+    return target
 
 
 def prune_checkpoints(root: Path, keep_last: int) -> list[Path]:
@@ -316,6 +340,20 @@ def load_checkpoint(
         world_size=trainer_state["world_size"],
         extra=trainer_state["extra"],
     )
+
+
+def load_weights(path: Path, model: nn.Module, schema: Schema, env: DistEnv) -> None:
+    """Only the model's weights from a checkpoint (no optimizer, RNG or position): the best
+    step's, back in place at the end of a run. A collective: all ranks call it."""
+    path = Path(broadcast_object(str(Path(path).resolve()), env))
+    meta = read_meta(path)
+    check_format_version(meta, path)
+    check_schema(meta["schema"], schema, path)
+    read_dcp_metadata(path)
+    model_state = model.state_dict()
+    with _quiet_dcp():
+        dcp.load({MODEL_SECTION: model_state}, storage_reader=SafeFileSystemReader(path))
+    model.load_state_dict(model_state)
 
 
 def check_format_version(meta: dict[str, Any], path: Path) -> None:

@@ -31,7 +31,8 @@ from recsys.config import TrainerConfig
 from recsys.data.batch import Batch
 from recsys.data.loader import StreamingDataset, make_loader
 from recsys.data.progress import EpochProgress
-from recsys.distributed.env import DistEnv, gather_objects, lockstep
+from recsys.distributed.env import DistEnv, lockstep
+from recsys.distributed.gather import gather_objects
 from recsys.metrics import BinaryMetrics, MetricAccumulator
 from recsys.schema import Schema
 from recsys.train.optim import LRScheduler

@@ -15,27 +15,23 @@ prints, tracks and writes the export and the predictions.
 
 from __future__ import annotations
 
-import json
 import logging
 import traceback
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from recsys.config import TrainConfig
-from recsys.data.fingerprint import data_fingerprint
 from recsys.data.progress import EpochProgress
 from recsys.data.source import SourceFormat
-from recsys.distributed.env import broadcast_object, init_distributed, shutdown_distributed
+from recsys.distributed.env import init_distributed, shutdown_distributed
+from recsys.distributed.gather import broadcast_object
 from recsys.distributed.sharding import full_state_dict
 from recsys.export.writer import export_metrics, write_export
 from recsys.schema import Schema
-from recsys.tracking import NullTracker, Tracker, log_data_fingerprint, open_tracker, run_tags
-from recsys.train.build import build_training, datasets
+from recsys.tracking import NullTracker, Tracker, open_tracker
+from recsys.train.best import BestModel
+from recsys.train.build import build_training, check_validation, datasets
 from recsys.train.checkpoint import (
     Checkpointer,
     ResumePoint,
@@ -47,49 +43,13 @@ from recsys.train.evaluator import Evaluation, evaluate
 from recsys.train.loop import Epoch, TrainJob, TrainState
 from recsys.train.optim import LRScheduler, estimated_total_steps
 from recsys.train.plots import collision_stats, run_figures
+from recsys.train.record import provenance, record_start, write_predictions
+from recsys.train.result import TrainResult
 from recsys.train.seeding import configure_determinism, seed_everything
-from recsys.train.stopping import EarlyStopping
 from recsys.train.validate import validate
 from recsys.train.warm_start import WarmStartReport, warm_start
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainResult:
-    """What a run produced (complete on rank 0; other ranks get metrics only)."""
-
-    metrics: dict[str, float]
-    output_dir: Path
-    run_id: str | None = None
-    export_dir: Path | None = None
-    predictions_path: Path | None = None
-    steps: int = 0
-    samples: int = 0  # real rows trained by this run (after a resume: since it)
-    samples_per_second: float = 0.0
-    history: list[dict[str, float]] = field(default_factory=list)
-    tracking: str = ""
-    stop_reason: str | None = None  # set when early stopping ended training
-
-    def summary(self) -> str:
-        """The few lines a person wants at the end of a run (also the MLflow description)."""
-        m = self.metrics
-        nan = float("nan")
-        lines = [
-            "",
-            "== recsys run finished ==",
-            f"  eval AUC {m.get('eval/auc', nan):.4f} | log loss {m.get('eval/log_loss', nan):.4f} "
-            f"| NE {m.get('eval/ne', nan):.4f} | calibration {m.get('eval/calibration', nan):.3f}",
-            f"  steps {self.steps} | {self.samples_per_second:,.0f} samples/s",
-            f"  outputs  {self.output_dir}",
-            f"  export   {self.export_dir or '(export disabled)'}",
-            f"  tracking {self.tracking}",
-        ]
-        if self.stop_reason:
-            lines.insert(4, f"  stopped  {self.stop_reason}")
-        if self.run_id:
-            lines.append("  open the MLflow UI with `make ui` (http://127.0.0.1:5000)")
-        return "\n".join(lines)
 
 
 def run(cfg: TrainConfig) -> TrainResult:
@@ -125,6 +85,7 @@ class TrainRecipe:
         self._resources = ExitStack()  # what finish() stops, last started first
         self._resume: ResumePoint | None = None
         self._last_validation: tuple[int, Evaluation] | None = None
+        self.best: BestModel | None = None  # early stopping that keeps the best model
         self._final: Evaluation | None = None  # the final evaluation, for the plots
         self._tables: dict | None = None  # the exported weights, for the plots
         self.model_version = None  # the registered model version (tracked runs)
@@ -160,19 +121,13 @@ class TrainRecipe:
         self.job = TrainJob(
             self.training.model, self.training.optimizer, self.schema, trainer, env, scheduler
         )
-        stopping = trainer.early_stopping
-        self.stopper = EarlyStopping(stopping) if stopping.enabled else None
-        if self.stopper is not None and self.data.valid is self.data.eval and env.is_main:
-            log.warning(
-                "trainer.early_stopping watches data.eval_path, so eval metrics are no longer "
-                "unseen; set data.valid_path to stop on a validation set instead."
-            )
         self.tracker = self._resources.enter_context(
             open_tracker(cfg.tracking, cfg, enabled_on_this_rank=env.is_main,
                          parent_run_id=cfg.tracking.parent_run_id)
         )  # fmt: skip
         self._start_tracking(warm)
         self.saver = self._checkpointer()
+        self.best = self._best_model()
 
     def _restore(self) -> WarmStartReport | None:
         """Resume (`trainer.resume`: weights, optimizer state, step, data position) or warm
@@ -185,6 +140,7 @@ class TrainRecipe:
             point = load_checkpoint(
                 path, training.model, training.optimizer, self.schema, env, trainer.seed
             )
+            check_validation(point.extra.get("validation"), self.data, path)
             self._resume = point
             self.state = TrainState(step=point.step, epoch=point.epoch)
             return None
@@ -196,44 +152,46 @@ class TrainRecipe:
         return None
 
     def _start_tracking(self, warm: WarmStartReport | None) -> None:
-        tracker, output_dir = self.tracker, self.output_dir
-        if self.env.is_main:
-            output_dir.mkdir(parents=True, exist_ok=True)
-            (output_dir / "sharding_plan.txt").write_text(str(self.training.plan))
-            tracker.log_artifact(output_dir / "sharding_plan.txt")
-        tracker.log_dict(json.loads(json.dumps(asdict(self.cfg), default=str)), "config.json")
-        tracker.log_dict(self.schema.to_dict(), "schema.json")
-        if (output_dir / ".hydra").is_dir():  # Hydra's composed config and the raw overrides
-            tracker.log_artifacts(output_dir / ".hydra", "hydra")
-        tracker.set_tags(_provenance(self._resume, warm))
-        if tracker.run_id is not None:  # rank 0 with tracking on: only then list the files
-            env = self.env
-            tracker.set_tags(run_tags(world_size=env.world_size, device=env.device.type))
-            self._log_datasets()
-
-    def _log_datasets(self) -> None:
-        """Train / validation / eval as MLflow dataset inputs, with fingerprint tags."""
-        data, fmt = self.cfg.data, SourceFormat.from_config(self.cfg.data)
-        paths = {"train": data.train_path, "validation": data.valid_path, "eval": data.eval_path}
-        for context, path in paths.items():
-            if path:
-                fingerprint = data_fingerprint(path, fmt, self.schema)
-                log_data_fingerprint(self.tracker, context, data.name, fingerprint)
+        record_start(
+            self.tracker, self.cfg, self.schema, self.env, self.output_dir, self.training.plan,
+            provenance(self._resume, warm),
+        )  # fmt: skip
 
     def _checkpointer(self) -> Checkpointer:
         """Saves as `trainer.checkpoint` says into `<output_dir>/checkpoints/`."""
-        options, training = self.cfg.trainer.checkpoint, self.training
-        schema, cfg, env = self.schema, self.cfg, self.env
-
-        def save(**where) -> Path:
-            return save_checkpoint(
-                model=training.model, optimizer=training.optimizer, schema=schema, config=cfg,
-                env=env, **where,
-            )  # fmt: skip
-
+        options = self.cfg.trainer.checkpoint
         return Checkpointer(
-            self.output_dir, options.every_n_steps, options.at_epoch_end, options.keep_last, save
-        )
+            self.output_dir, options.every_n_steps, options.at_epoch_end, options.keep_last,
+            self._save_checkpoint,
+        )  # fmt: skip
+
+    def _save_checkpoint(self, **where) -> Path:
+        """A checkpoint of this step; with it, early stopping's judgement so far and where the
+        validation rows came from (a resume must read the same ones)."""
+        best = self.best.state_dict() if self.best is not None else None
+        extra = {"early_stopping": best, "validation": self.data.validation}
+        return save_checkpoint(
+            model=self.training.model, optimizer=self.training.optimizer, schema=self.schema,
+            config=self.cfg, env=self.env, extra=extra, **where,
+        )  # fmt: skip
+
+    def _best_model(self) -> BestModel | None:
+        """Early stopping that keeps the best model (trainer.early_stopping); a resumed run
+        goes on with the judgement saved in its checkpoint."""
+        stopping = self.cfg.trainer.early_stopping
+        if not stopping.enabled:
+            return None
+        if self.data.valid is self.data.eval and self.env.is_main:
+            log.warning(
+                "trainer.early_stopping watches data.eval_path, so eval metrics are no longer "
+                "unseen; set data.valid_path or data.holdout.fraction > 0 to stop on "
+                "validation rows instead."
+            )
+        best = BestModel(stopping, self.cfg.trainer.checkpoint, self.output_dir,
+                         self._save_checkpoint, self.env)  # fmt: skip
+        if (point := self._resume) is not None:
+            best.load_state_dict(point.extra.get("early_stopping"), point.path, point.step)
+        return best
 
     # ------------------------------------------------------------------------------- train
 
@@ -260,7 +218,7 @@ class TrainRecipe:
                 self.saver.at_stop(state.step, epoch, state.progress)
                 break
             self.saver.after_epoch(state.step, epoch + 1)
-        self._record_stop()
+        self._end_training()
 
     def _validation_due(self) -> bool:
         every = self.cfg.trainer.eval_every_n_steps
@@ -271,8 +229,8 @@ class TrainRecipe:
         evaluation = evaluate(self.job.model, self.data.valid, self.schema, self.env)
         self._last_validation = (self.state.step, evaluation)
         self._record(evaluation, self.data.valid_prefix)
-        if self.stopper is not None and self.stop_reason is None:
-            self.stop_reason = self.stopper.update(evaluation.metrics, self.state.step)
+        if self.best is not None and self.stop_reason is None:
+            self.stop_reason = self.best.judge(evaluation.metrics, self.state)
         return evaluation
 
     def _validation_at_this_step(self) -> Evaluation:
@@ -290,34 +248,34 @@ class TrainRecipe:
                 state.samples_per_second,
             )  # fmt: skip
 
-    def _record_stop(self) -> None:
-        if self.stop_reason is None:
-            return
-        self.tracker.set_tags({"stop_reason": self.stop_reason})
-        self.tracker.log_metrics({"train/early_stopped": 1.0}, self.state.step)
-        log.info("%s", self.stop_reason)
+    def _end_training(self) -> None:
+        """The best model on validation back in place of the last one (trainer.early_stopping);
+        why training stopped and which step was best, to the tracker."""
+        best, step, data = self.best, self.state.step, self.data
+        if best is not None:
+            if best.restore(self.job.model, self.schema, step):
+                self._last_validation = None  # it described the last model, not this one
+                if data.valid is not data.eval:  # the final model's validation metrics
+                    self._log(best.metrics.as_dict(prefix=f"{data.valid_prefix}/"))
+            self.stop_reason = best.record(self.tracker, step, self.stop_reason, data.valid_prefix)
+        if self.stop_reason is not None:
+            log.info("%s", self.stop_reason)
 
     # ---------------------------------------------------------------------------- evaluate
 
     def evaluate(self) -> Evaluation:
         """The final evaluation on data.eval_path (the last validation, when that read the
         eval rows at this step already), and the predictions file."""
-        if self.data.valid is self.data.eval:
-            evaluation = self._validation_at_this_step()
+        last = self._last_validation
+        if self.data.valid is self.data.eval and last is not None and last[0] == self.state.step:
+            evaluation = last[1]
         else:
             evaluation = evaluate(self.job.model, self.data.eval, self.schema, self.env)
             self._record(evaluation, "eval")
         if self.env.is_main:
-            self.predictions_path = self._write_predictions(evaluation)
+            self.predictions_path = write_predictions(self.tracker, self.output_dir, evaluation)
         self._final = evaluation
         return evaluation
-
-    def _write_predictions(self, evaluation: Evaluation) -> Path:
-        path = self.output_dir / "eval_predictions.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.table({"row_id": evaluation.row_ids, "prob": evaluation.probs}), path)
-        self.tracker.log_artifact(path)
-        return path
 
     # ------------------------------------------------------------------------------ export
 
@@ -393,7 +351,7 @@ class TrainRecipe:
         """Drop what holds the process group (the sharded model, its optimizer, the
         checkpointer), then destroy it: gloo's threads stop only with the group's last
         reference, and one still running at interpreter exit aborts the process."""
-        for name in ("job", "training", "saver", "stopper"):
+        for name in ("job", "training", "saver", "best"):
             self.__dict__.pop(name, None)
         self._final = self._tables = None
         if not shutdown_distributed():
@@ -438,18 +396,6 @@ def _resume_progress(point: ResumePoint | None) -> EpochProgress | None:
     if point is None or point.progress is None:
         return None
     return EpochProgress.from_state_dict(point.progress)
-
-
-def _provenance(point: ResumePoint | None, report: WarmStartReport | None) -> dict[str, str]:
-    """Tags for the tracker: where this run's starting weights came from."""
-    if point is not None:
-        return {"resumed_from": str(point.path), "resumed_at_step": str(point.step)}
-    if report is not None:
-        return {
-            "warm_started_from": str(report.source),
-            "warm_start_tables": ",".join(report.tables),
-        }
-    return {}
 
 
 __all__ = ["TrainRecipe", "TrainResult", "run"]

@@ -45,7 +45,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture()
 def cfg(store: Path) -> TrackingConfig:
-    return TrackingConfig(uri=f"sqlite:///{store / 'mlflow.db'}", experiment="tests")
+    return TrackingConfig(uri=f"sqlite:///{store / 'mlflow.db'}", experiment="tests", required=False)
 
 
 @pytest.fixture()
@@ -217,7 +217,7 @@ def test_unreachable_required_raises() -> None:
 
 def test_unreachable_optional_warns_and_goes_untracked(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger=LOGGER):
-        tracker = open_tracker(TrackingConfig(uri=UNREACHABLE_URI), _train_config())
+        tracker = open_tracker(TrackingConfig(uri=UNREACHABLE_URI, required=False), _train_config())
     assert isinstance(tracker, NullTracker)
     warning = next(r for r in caplog.records if r.levelno == logging.WARNING).getMessage()
     assert UNREACHABLE_URI in warning and "UNTRACKED" in warning

@@ -51,7 +51,7 @@ def test_refused_calls_are_reported_not_claimed_finished(
     """A run MLflow refuses (deleted): the loss is counted and named, never silent success."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
-    tracker = open_tracker(TrackingConfig(uri=uri, experiment="refused"), None)
+    tracker = open_tracker(TrackingConfig(uri=uri, experiment="refused", required=False), None)
     strict = open_tracker(TrackingConfig(uri=uri, experiment="refused", required=True), None)
     assert isinstance(tracker, MlflowTracker) and isinstance(strict, MlflowTracker)
     for run in (tracker, strict):

@@ -1,0 +1,78 @@
+"""What a run writes about itself beside its metrics: the config, schema and sharding plan,
+where its starting weights came from, the data it read (MLflow dataset inputs with
+fingerprints), and the eval predictions file."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from recsys.config import TrainConfig
+from recsys.data.fingerprint import data_fingerprint
+from recsys.data.source import SourceFormat
+from recsys.distributed.env import DistEnv
+from recsys.schema import Schema
+from recsys.tracking import Tracker, log_data_fingerprint, run_tags
+from recsys.train.checkpoint import ResumePoint
+from recsys.train.evaluator import Evaluation
+from recsys.train.warm_start import WarmStartReport
+
+
+def record_start(
+    tracker: Tracker,
+    cfg: TrainConfig,
+    schema: Schema,
+    env: DistEnv,
+    output_dir: Path,
+    plan: object,
+    origin: dict[str, str],
+) -> None:
+    """At the start of a run: its config, schema, sharding plan and Hydra files as artifacts;
+    `origin` (see `provenance`), environment tags and dataset inputs as tags and inputs."""
+    if env.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "sharding_plan.txt").write_text(str(plan))
+        tracker.log_artifact(output_dir / "sharding_plan.txt")
+    tracker.log_dict(json.loads(json.dumps(asdict(cfg), default=str)), "config.json")
+    tracker.log_dict(schema.to_dict(), "schema.json")
+    if (output_dir / ".hydra").is_dir():  # Hydra's composed config and the raw overrides
+        tracker.log_artifacts(output_dir / ".hydra", "hydra")
+    tracker.set_tags(origin)
+    if tracker.run_id is not None:  # rank 0 with tracking on: only then list the files
+        tracker.set_tags(run_tags(world_size=env.world_size, device=env.device.type))
+        log_datasets(tracker, cfg, schema)
+
+
+def log_datasets(tracker: Tracker, cfg: TrainConfig, schema: Schema) -> None:
+    """Train / validation / eval as MLflow dataset inputs, with fingerprint tags."""
+    data, fmt = cfg.data, SourceFormat.from_config(cfg.data)
+    paths = {"train": data.train_path, "validation": data.valid_path, "eval": data.eval_path}
+    for context, path in paths.items():
+        if path:
+            fingerprint = data_fingerprint(path, fmt, schema)
+            log_data_fingerprint(tracker, context, data.name, fingerprint)
+
+
+def write_predictions(tracker: Tracker, output_dir: Path, evaluation: Evaluation) -> Path:
+    """`eval_predictions.parquet` (row_id, prob) in the run folder, and as an artifact."""
+    path = output_dir / "eval_predictions.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"row_id": evaluation.row_ids, "prob": evaluation.probs}), path)
+    tracker.log_artifact(path)
+    return path
+
+
+def provenance(point: ResumePoint | None, report: WarmStartReport | None) -> dict[str, str]:
+    """Tags: where this run's starting weights came from."""
+    if point is not None:
+        return {"resumed_from": str(point.path), "resumed_at_step": str(point.step)}
+    if report is not None:
+        return {
+            "warm_started_from": str(report.source),
+            "warm_start_tables": ",".join(report.tables),
+        }
+    return {}
