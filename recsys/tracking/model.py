@@ -20,6 +20,7 @@ null or "" is a missing id.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -315,6 +316,7 @@ def register_version(
     # resolves that through MLflow's *global* tracking URI, not this client's (MLflow 3.17).
     source = client.get_logged_model(model_id).artifact_location
     version = client.create_model_version(name, source, run_id=run_id, tags=tags, model_id=model_id)
+    _link_version(client, model_id, name, str(version.version))
     champion = promote_if_better(client, name, version.version, auc)
     logger.info(
         "Registered MLflow model %s version %s (%s=%s)%s; serve it with `make serve MODEL=%s`.",
@@ -329,6 +331,16 @@ def register_version(
         validation_auc=auc,
         champion=champion,
     )
+
+
+def _link_version(client: MlflowClient, model_id: str, name: str, version: str) -> None:
+    """Name the version on its logged model (the `mlflow.modelVersions` tag), as
+    `mlflow.register_model` does: the UI's Models column and the run page's logged-model
+    table read it there (a SQLite registry does not keep the version's `model_id`)."""
+    tag = "mlflow.modelVersions"
+    listed = json.loads(client.get_logged_model(model_id).tags.get(tag) or "[]")
+    listed.append({"name": name, "version": version})
+    client.set_logged_model_tags(model_id, {tag: json.dumps(listed)})
 
 
 def validation_auc(metrics: dict[str, float]) -> tuple[str | None, float | None]:

@@ -37,6 +37,7 @@ from recsys.tracking.mlflow_tracker import (
     Tracker,
     TrackingError,
 )
+from recsys.tracking.urls import RUNS_VIEW_STATE, RUNS_VIEW_TAG
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -193,11 +194,11 @@ def _start_run(cfg: TrackingConfig, uri: str, tags: dict[str, str], name: str) -
 def _ensure_experiment(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
     """The id of experiment `name` (created when missing), tagged as a model-training one."""
     experiment = client.get_experiment_by_name(name)
+    defaults = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, RUNS_VIEW_TAG: RUNS_VIEW_STATE}
     if experiment is not None:
-        if EXPERIMENT_KIND_TAG not in experiment.tags:  # never override a kind a user chose
-            client.set_experiment_tag(
-                experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
-            )
+        for tag, value in defaults.items():
+            if tag not in experiment.tags:  # never override what a user chose
+                client.set_experiment_tag(experiment.experiment_id, tag, value)
         return experiment.experiment_id
     location = None
     if artifact_root is not None:
@@ -206,9 +207,7 @@ def _ensure_experiment(client: MlflowClient, name: str, artifact_root: Path | No
     logger.info(
         "Creating MLflow experiment '%s' (artifacts: %s)", name, location or "server default"
     )
-    return client.create_experiment(
-        name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
-    )
+    return client.create_experiment(name, artifact_location=location, tags=defaults)
 
 
 def _artifact_root_for(uri: str) -> Path | None:

@@ -7,17 +7,40 @@ carries it, so a click lands on the runs table / run page of the model-training 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 #: Query (inside the hash route) that makes MLflow's UI show its model-training view.
 ML_WORKFLOW_QUERY = "workflowType=machine_learning"
+#: The runs-table view recsys links to: a shared view state stored as an experiment tag
+#: (`mlflow.sharedViewState.<key>`), which the UI applies when the URL names its key. MLflow's
+#: own default table shows no metric column; this one shows the ones people compare runs on.
+RUNS_VIEW_KEY = "recsys"
+RUNS_VIEW_TAG = f"mlflow.sharedViewState.{RUNS_VIEW_KEY}"
+RUNS_VIEW_COLUMNS = (
+    "attributes.`Dataset`",
+    "attributes.`Models`",
+    *(
+        f"metrics.`{m}`"
+        for m in ("valid/auc", "eval/auc", "eval/log_loss", "eval/ne", "eval/calibration")
+    ),
+)
+RUNS_VIEW_STATE = json.dumps(
+    {
+        "selectedColumns": list(RUNS_VIEW_COLUMNS),
+        "orderByKey": "attributes.start_time",
+        "orderByAsc": False,
+    }
+)
 #: Where `make ui` / `mlflow ui` listen by default.
 LOCAL_UI = "http://127.0.0.1:5000"
 
 
 def experiment_url(base_url: str, experiment_id: str) -> str:
-    """The runs table of experiment `experiment_id`, in the model-training view."""
-    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}?{ML_WORKFLOW_QUERY}"
+    """The runs table of experiment `experiment_id`, in the model-training view, with recsys'
+    columns (`RUNS_VIEW_STATE`; `/runs` itself: the bare experiment route drops the key)."""
+    page = f"#/experiments/{experiment_id}/runs?viewStateShareKey={RUNS_VIEW_KEY}"
+    return f"{base_url.rstrip('/')}/{page}&{ML_WORKFLOW_QUERY}"
 
 
 def run_url(base_url: str, experiment_id: str, run_id: str) -> str:

@@ -54,7 +54,8 @@ def log_datasets(tracker: Tracker, cfg: TrainConfig, schema: Schema) -> None:
     for context, path in paths.items():
         if path:
             fingerprint = data_fingerprint(path, fmt, schema)
-            log_data_fingerprint(tracker, context, data.name, fingerprint)
+            # Named by role too: the UI lists inputs by name, and train and eval share data.name.
+            log_data_fingerprint(tracker, context, f"{data.name}-{context}", fingerprint)
 
 
 def write_predictions(tracker: Tracker, output_dir: Path, evaluation: Evaluation) -> Path:

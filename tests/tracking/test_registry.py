@@ -3,6 +3,7 @@ who becomes `champion`, what each version carries, and the signature built from 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,18 @@ def test_each_version_carries_its_metrics_and_the_deciding_one(client: MlflowCli
     assert tags[TAG_VALIDATION_METRIC] == "eval/auc"
     assert float(tags[TAG_VALIDATION_AUC]) == pytest.approx(0.71, abs=1e-12)
     assert info.champion and info.model_uri == f"models:/eval-only/{info.version}"
+
+
+def test_the_logged_model_names_its_versions(client: MlflowClient) -> None:
+    """The UI's Models column reads the versions from the logged model's tag."""
+    run_id, model_id = _new_model(client)
+    first = register_version(client, "linked", model_id, run_id, {"valid/auc": 0.6})
+    second = register_version(client, "linked-too", model_id, run_id, {"valid/auc": 0.6})
+    listed = json.loads(client.get_logged_model(model_id).tags["mlflow.modelVersions"])
+    assert listed == [
+        {"name": "linked", "version": first.version},
+        {"name": "linked-too", "version": second.version},
+    ]
 
 
 def test_a_version_without_auc_never_displaces_a_champion(client: MlflowClient) -> None:

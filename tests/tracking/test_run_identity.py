@@ -3,6 +3,7 @@ metrics and description, checked against a real SQLite MLflow store (no mocks)."
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import shutil
@@ -28,7 +29,7 @@ from recsys.tracking import (
     run_url,
 )
 from recsys.tracking.runs import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
-from recsys.tracking.urls import local_ui_url
+from recsys.tracking.urls import RUNS_VIEW_TAG, local_ui_url
 
 NAME = re.compile(r"^dcn-movielens-\d{4}-\d{4}-[0-9a-f]{4}$")
 
@@ -115,11 +116,14 @@ def test_links_open_the_model_training_view(cfg: TrackingConfig, client: MlflowC
     )
     assert url in hint and "mlflow ui --backend-store-uri" in hint
     assert experiment_url("http://h:1/", "3") == (
-        "http://h:1/#/experiments/3?workflowType=machine_learning"
+        "http://h:1/#/experiments/3/runs?viewStateShareKey=recsys&workflowType=machine_learning"
     )
     assert run_url("https://mlflow.example", "3", "abc").startswith("https://mlflow.example/#/")
-    kind = client.get_experiment(exp).tags.get(EXPERIMENT_KIND_TAG)
-    assert kind == EXPERIMENT_KIND
+    tags = client.get_experiment(exp).tags
+    assert tags.get(EXPERIMENT_KIND_TAG) == EXPERIMENT_KIND
+    # The view the link names: metric columns in the runs table (the browser test shows them).
+    view = json.loads(tags[RUNS_VIEW_TAG])
+    assert "metrics.`eval/auc`" in view["selectedColumns"]
 
 
 def test_existing_experiment_gets_the_kind_tag(cfg: TrackingConfig, client: MlflowClient) -> None:
@@ -128,6 +132,7 @@ def test_existing_experiment_gets_the_kind_tag(cfg: TrackingConfig, client: Mlfl
     with open_tracker(cfg, None):
         pass
     assert client.get_experiment(exp).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    assert RUNS_VIEW_TAG in client.get_experiment(exp).tags
 
 
 def test_make_ui_link_names_the_experiment(cfg: TrackingConfig, store: Path) -> None:
