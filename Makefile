@@ -17,16 +17,19 @@ RUN_DIR ?= outputs/$(shell date +%Y-%m-%d/%H-%M-%S)
 MOVIELENS := data/movielens/train.parquet
 SYNTH_ROWS ?= 1000000
 SYNTH_EVAL_ROWS ?= 200000
+# make tune: Optuna trials, and the search space conf/tune/$(TUNE).yaml (or --config-dir's).
+TRIALS ?= 20
+TUNE ?= default
 # Fetch MovieLens unless ARGS picks another data set or points at other files.
 OTHER_DATA := $(findstring data.train_path=,$(ARGS))$(if $(findstring data=,$(ARGS)),$(if $(findstring data=movielens,$(ARGS)),,other))
 NEEDS_MOVIELENS := $(if $(OTHER_DATA),,yes)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data data-synth train sweep test test-full bench bench-data lint fmt ui serve clean
+.PHONY: help setup data data-synth train sweep tune test test-full bench bench-data lint fmt ui serve clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
-	@echo "  variables: NPROC=n (torchrun processes), ARGS='hydra overrides', RUN_DIR (NPROC>1), PORT=5000 (ui), MODEL=movielens SERVE_PORT=5001 (serve)"
+	@echo "  variables: NPROC=n (torchrun processes), ARGS='hydra overrides', RUN_DIR (NPROC>1), TRIALS=20 TUNE=default (tune), PORT=5000 (ui), MODEL=movielens SERVE_PORT=5001 (serve)"
 
 setup: $(VENV)/.installed ## create .venv with the pinned stack (idempotent)
 
@@ -56,8 +59,11 @@ else
 	$(BIN)/torchrun --standalone --nproc_per_node=$(NPROC) -m recsys.cli.train hydra.run.dir=$(RUN_DIR) $(ARGS)
 endif
 
-sweep: setup $(if $(NEEDS_MOVIELENS),$(MOVIELENS)) ## Hydra multirun, e.g. ARGS='model.embedding_dim=8,16,32'
+sweep: setup $(if $(NEEDS_MOVIELENS),$(MOVIELENS)) ## Hydra multirun, e.g. ARGS='model.embedding_dim=8,16,32'; best by valid/auc
 	$(BIN)/recsys-train --multirun $(ARGS)
+
+tune: setup $(if $(NEEDS_MOVIELENS),$(MOVIELENS)) ## Optuna (TPE, pruning) on valid/auc, TRIALS=20; writes the best config
+	$(BIN)/recsys-train --multirun +tune=$(TUNE) hydra.sweeper.n_trials=$(TRIALS) $(ARGS)
 
 test: setup ## fast test suite (what CI runs)
 	$(BIN)/python -m pytest -m "not slow" -q

@@ -2,7 +2,9 @@
 
 The Criteo Display Advertising layout: one row per line, tab separated, no header, 40 fields:
 `label` (0/1), `I1`..`I13` (integer counts), `C1`..`C26` (categorical ids, 8 hex digits in the
-raw logs); an empty field is a missing value. `convert_criteo` reads it with
+raw logs); an empty field is a missing value, and so are trailing fields a tool stripped
+(a line of fewer fields is padded, as the loader does: `recsys.data.text.PaddedLines`).
+`convert_criteo` reads it with
 `pyarrow.csv.open_csv` block by block (gzip and other compressions are detected from the file
 extension) and writes row groups of a fixed size with `ParquetWriter`, so memory is one row
 group plus one read block whatever the size of the input. Each output appears atomically: it
@@ -27,7 +29,7 @@ from data_tools.arrow_io import RowStream, atomic_path
 from recsys.config import ConfigError
 from recsys.data.featurize import DataError
 from recsys.data.source import resolve_files
-from recsys.data.text import CRITEO_COLUMNS
+from recsys.data.text import CRITEO_COLUMNS, PaddedLines
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ ARROW_SCHEMA = pa.schema(
 
 
 class BadLinePolicy(StrEnum):
-    fail = "fail"  # stop at the first line with the wrong number of fields, naming it
+    fail = "fail"  # stop at the first line with too many fields, naming it
     skip = "skip"  # drop such lines, count them and log the first few
 
 
@@ -56,7 +58,8 @@ class ConvertOptions:
     Attributes:
         row_group_rows: rows per Parquet row group (the loader's unit of work).
         block_bytes: bytes of text parsed at a time (memory is about this plus a row group).
-        on_bad_line: what to do with a line that does not have 40 fields.
+        on_bad_line: what to do with a line of more than 40 fields (one with fewer, its
+            trailing empty fields stripped by some tool, is read with them missing).
         compression: Parquet codec.
     """
 
@@ -79,6 +82,7 @@ class ConvertReport:
     outputs: list[str]
     rows: int = 0
     skipped_lines: int = 0
+    padded_lines: int = 0  # lines with fewer than 40 fields: the missing trailing ones added
     skipped_examples: list[str] = field(default_factory=list)  # "file:line: why"
 
 
@@ -183,11 +187,16 @@ def _read_tsv(
 
     try:
         with fs.open_input_stream(path, compression="detect") as stream:
-            reader = _open_reader(stream, options, on_invalid)
+            # Lines whose trailing empty fields were stripped get them back (as missing).
+            padded = PaddedLines(stream, b"\t", len(COLUMNS))
+            reader = _open_reader(padded, options, on_invalid)
             if reader is None:
                 logger.warning("%s is empty: no rows", path)
                 return
             yield from _batches(reader, path)
+            if padded.padded:
+                report.padded_lines += padded.padded
+                logger.info("%s: %s", path, padded.describe())
     except (pa.ArrowInvalid, OSError) as e:
         if bad:
             raise DataError(bad[0]) from None
@@ -195,7 +204,7 @@ def _read_tsv(
 
 
 def _open_reader(
-    stream: pa.NativeFile, options: ConvertOptions, on_invalid
+    stream: PaddedLines, options: ConvertOptions, on_invalid
 ) -> pacsv.CSVStreamingReader | None:
     # use_threads=False: only then does Arrow know the line number of an invalid row.
     read = pacsv.ReadOptions(

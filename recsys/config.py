@@ -280,7 +280,10 @@ class EarlyStoppingConfig:
     min_delta: float = 0.0  # an improvement smaller than this does not count
     # Write a checkpoint of each new best step and load it back when training ends, so the
     # model evaluated, exported and checkpointed last is the best one, not the last one.
-    restore_best: bool = True
+    # Off by default until the defaults study of several data sets decides: on MovieLens'
+    # own validation protocol (train_fit -> valid, 3 seeds) restoring cost 0.001 AUC, the
+    # 5% slice being too noisy to pick between close epochs.
+    restore_best: bool = False
 
 
 @dataclass

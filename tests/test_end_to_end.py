@@ -48,7 +48,12 @@ def test_mlflow_run_has_params_metrics_and_artifacts(trained) -> None:
     assert mlrun.info.status == "FINISHED"
     assert mlrun.data.params["trainer.batch_size"] == "128"
     assert mlrun.data.params["data.features.genres.kind"] == "id_list"
-    assert len(client.get_metric_history(result.run_id, "eval/auc")) == 4  # one per epoch
+    # Validation (the last 5% of the training rows, held out) at every epoch's end (then once
+    # more when the best epoch's model was restored); eval once, at the end.
+    valid = client.get_metric_history(result.run_id, "valid/auc")
+    assert [m.step for m in valid][:4] == [23, 46, 69, 92]  # 2850 trained rows / 128 a step
+    assert [m.step for m in client.get_metric_history(result.run_id, "eval/auc")] == [92]
+    assert mlrun.data.tags["best_step"] == str(int(mlrun.data.metrics["best/step"]))
     assert len(client.get_metric_history(result.run_id, "train/loss")) >= 3
     top = {a.path for a in client.list_artifacts(result.run_id)}
     assert {

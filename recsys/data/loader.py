@@ -6,6 +6,10 @@ processes. Optionally the unit order is reshuffled every epoch (same seed on eve
 the deal stays disjoint), and rows are mixed in a bounded, seeded shuffle buffer. With both
 off, rows come in file order: for a click log sorted by time, that is time order.
 
+With `LoaderOptions.holdout` a stream reads one side of `data.holdout` (`recsys.data.holdout`):
+the rows held out for validation, or all the others; the deal and the resumable position work
+alike on either side.
+
 Bad rows are dropped and counted, or stop the run (`recsys.data.rowcheck`). The position in
 the epoch is resumable (`recsys.data.progress`): `set_epoch(epoch, resume=progress)` yields
 exactly the rows not yet recorded, on any number of ranks and workers.
@@ -27,6 +31,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from recsys.config import DataFormat
 from recsys.data.batch import Batch
 from recsys.data.featurize import RecordOrigin, RowSlicer, featurize
+from recsys.data.holdout import HoldoutSplit, plan_holdout
 from recsys.data.prefetch import ThreadPrefetcher
 from recsys.data.progress import BatchPosition, EpochProgress
 from recsys.data.reader import ROW_ID_COLUMN, UNIT_COLUMN, RowReader
@@ -47,6 +52,7 @@ class LoaderOptions:
     seed: int = 0
     num_workers: int = 0
     source: SourceFormat = field(default_factory=SourceFormat)
+    holdout: HoldoutSplit | None = None  # data.holdout: read the held-out rows, or the others
 
 
 @dataclass(frozen=True)
@@ -70,15 +76,21 @@ class StreamingDataset(IterableDataset):
         # The read path stats and the serving scorer share (recsys.data.reader).
         self.reader = RowReader(path, options.source, schema)
         self.fs, self.units = self.reader.fs, self.reader.units
+        self.holdout = None
+        if options.holdout is not None:  # only units with rows of this side (recsys.data.holdout)
+            self.holdout = plan_holdout(self.units, options.holdout, options.source.format)
+            self.units = self.holdout.side_units()
         self.epoch = 0
         self.resume: EpochProgress | None = None
 
     @property
     def num_rows(self) -> int:
-        """Rows in the data set; for text (rows unknown before reading) an estimate."""
+        """Rows this stream reads; for text (rows unknown before reading) an estimate."""
         if self.options.source.format is DataFormat.parquet:
-            return sum(u.num_rows or 0 for u in self.units)
-        return _estimate_text_rows(self.fs, self.units)
+            rows = sum(u.num_rows or 0 for u in self.units)
+        else:
+            rows = _estimate_text_rows(self.fs, self.units)
+        return rows if self.holdout is None else self.holdout.side_rows(rows)
 
     def set_epoch(self, epoch: int, resume: EpochProgress | None = None) -> None:
         """Read epoch `epoch` next; with `resume`, only the rows it has not recorded."""
@@ -156,6 +168,8 @@ class StreamingDataset(IterableDataset):
         left out. A unit that cannot be used at all is skipped or fails (RowReader)."""
         done = self.resume.recorded_ids(unit.index) if self.resume is not None else None
         for checked in self.reader.unit_rows(unit, bad, self._read_rows()):
+            if self.holdout is not None:
+                checked = self.holdout.keep(checked, unit)
             if done is not None and len(done):
                 seen = pc.is_in(checked.column(ROW_ID_COLUMN), pa.array(done))
                 checked = checked.filter(pc.invert(seen))

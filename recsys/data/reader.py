@@ -2,7 +2,8 @@
 
 Training (`recsys.data.loader`), dataset statistics (`recsys.data.stats`) and the serving
 scorer (`recsys.export.scorer`) all read rows here, so they agree on everything a row can be:
-which files a path names, how Parquet row groups and text byte ranges are cut and read, how
+which files a path names, how Parquet row groups and text byte ranges are cut and read (CSV,
+TSV, Criteo: `recsys.data.text`; libSVM: `recsys.data.libsvm`), how
 numbers in text are parsed ("nan" and "inf" are non-finite dense values, "" is missing), and
 which rows are bad (dropped and counted, or an error naming file, row and column, per
 `data.on_bad_row`).
@@ -23,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from recsys.config import DataFormat, FeatureKind
+from recsys.data.libsvm import LibsvmUnitReader, check_layout
 from recsys.data.rowcheck import BadRowLog, check_rows
 from recsys.data.source import (
     SourceFormat,
@@ -60,8 +62,11 @@ class RowReader:
         features = list(dict.fromkeys(f.column for f in schema.features))
         self.columns = schema.columns if with_labels else features
         self.id_columns = [f.column for f in schema.sparse_features if f.kind is FeatureKind.id]
-        if fmt.format is not DataFormat.parquet:
-            check_columns(fmt, self.columns)  # a config mistake: before listing any file
+        # A config mistake is found here, before listing any file.
+        if fmt.format is DataFormat.libsvm:
+            self.layout, self.kinds = check_layout(fmt, schema, with_labels)
+        elif fmt.format is not DataFormat.parquet:
+            check_columns(fmt, self.columns)
         self.fs, folder, files = resolve_files(self.path)
         if fmt.format is DataFormat.parquet:
             self.units = plan_parquet_units(self.fs, folder, files, fmt.skip_bad_rows)
@@ -119,7 +124,11 @@ class RowReader:
                 ),
                 unit.first_row_id,
             )
-        reader = TextUnitReader(self.fs, unit, self.fmt, self.columns)
+        if self.fmt.format is DataFormat.libsvm:
+            label = self.schema.label.column if self.with_labels else None
+            reader = LibsvmUnitReader(self.fs, unit, self.fmt, self.layout, self.kinds, label)
+        else:
+            reader = TextUnitReader(self.fs, unit, self.fmt, self.columns)
         return reader.where, reader.blocks, unit.index * ROW_ID_STRIDE
 
 

@@ -111,7 +111,7 @@ def compute_stats(
     stats = DatasetStats(path=path)
     bad = BadRowLog(skip=fmt.skip_bad_rows)
     with tqdm(total=options.max_rows, unit="row", disable=not options.progress) as bar:
-        for table in _first_rows(reader.rows(bad, options.batch_rows), options.max_rows):
+        for table in first_rows(reader.rows(bad, options.batch_rows), options.max_rows):
             stats.rows += table.num_rows
             label.add(table.column(schema.label.column))
             for feature in schema.features:
@@ -125,7 +125,7 @@ def compute_stats(
     return stats
 
 
-def _first_rows(blocks: Iterator[pa.Table], max_rows: int | None) -> Iterator[pa.Table]:
+def first_rows(blocks: Iterator[pa.Table], max_rows: int | None) -> Iterator[pa.Table]:
     left = max_rows if max_rows is not None else math.inf
     for block in blocks:
         if left <= 0:
@@ -173,7 +173,7 @@ class _IdAccumulator:
         self.rows = self.missing = 0
 
     def add(self, column: pa.ChunkedArray) -> None:
-        text = _id_text(column)
+        text = id_text(column)
         self.rows += len(text)
         self.missing += text.null_count
         self.hll.add(text)
@@ -200,7 +200,7 @@ class _ListAccumulator(_IdAccumulator):
         lists = id_lists(column, self.feature)
         lists = lists.combine_chunks() if isinstance(lists, pa.ChunkedArray) else lists
         rows = pc.list_parent_indices(lists).to_numpy()
-        ids = _id_text(pc.list_flatten(lists))
+        ids = id_text(pc.list_flatten(lists))
         present = ~np.asarray(pc.is_null(ids).to_numpy(zero_copy_only=False))
         lengths = np.bincount(rows[present], minlength=len(lists))
         self.rows += len(lists)
@@ -296,7 +296,7 @@ def _accumulator(feature: ResolvedFeature, options: StatsOptions):
     return _IdAccumulator(feature, options)
 
 
-def _id_text(column: pa.Array | pa.ChunkedArray) -> pa.ChunkedArray:
+def id_text(column: pa.Array | pa.ChunkedArray) -> pa.ChunkedArray:
     """Ids as text with missing ones (null or "") as nulls, as the hashing treats them."""
     if isinstance(column, pa.Array):
         column = pa.chunked_array([column])

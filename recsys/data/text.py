@@ -38,6 +38,11 @@ _COMPRESSED = (".gz", ".bz2", ".zst", ".lz4", ".br")
 _CHUNK = 1 << 16
 
 
+def is_compressed(path: str) -> bool:
+    """A compressed file is one work unit, read whole: it cannot be cut by bytes."""
+    return path.endswith(_COMPRESSED)
+
+
 def delimiter(fmt: SourceFormat) -> str:
     """The field delimiter of the format (libsvm: whitespace, space or tab)."""
     if fmt.format is DataFormat.libsvm:
@@ -75,6 +80,26 @@ def check_columns(fmt: SourceFormat, columns: list[str]) -> None:
             f"column(s) {missing} named by the data schema are not in {key} {list(names)}. "
             f"Fix the features' `column` in conf/data/, or data.columns."
         )
+
+
+def file_columns(fs: pafs.FileSystem, path: str, fmt: SourceFormat) -> tuple[str, ...]:
+    """The column names of one text file: its layout's, or its header line's (none: ())."""
+    fixed = fixed_columns(fmt)
+    if fixed is not None:
+        return tuple(fixed)
+    line = _header_line(fs, path)
+    return _header_names(line, fmt) if line.strip() else ()
+
+
+def _header_line(fs: pafs.FileSystem, path: str) -> bytes:
+    compression = "detect" if path.endswith(_COMPRESSED) else None
+    with fs.open_input_stream(path, compression=compression) as f:
+        return _read_line(f)
+
+
+def _header_names(line: bytes, fmt: SourceFormat) -> tuple[str, ...]:
+    options = pacsv.ParseOptions(delimiter=delimiter(fmt))
+    return tuple(pacsv.open_csv(io.BytesIO(line), parse_options=options).schema.names)
 
 
 def plan_text_units(
@@ -169,19 +194,14 @@ class TextUnitReader:
         fixed = fixed_columns(self.fmt)
         if fixed is not None:
             return tuple(fixed), 0
-        with self._raw_stream() as f:
-            line = _read_line(f)
+        line = _header_line(self.fs, self.unit.path)
         if not line.strip():
             raise UnitError(
                 f"{self.unit.path}: no header line (data.header=true). Set data.header=false "
                 f"and data.columns, or set data.on_bad_row=skip.",
                 reason="empty_file",
             )
-        names = pacsv.open_csv(
-            io.BytesIO(line),
-            parse_options=pacsv.ParseOptions(delimiter=delimiter(self.fmt)),
-        ).schema.names
-        return tuple(names), len(line)
+        return _header_names(line, self.fmt), len(line)
 
     def _open(self, header_bytes: int, bad: BadRowLog) -> _ByteRange:
         if self.compressed:
@@ -284,7 +304,7 @@ class PaddedLines(io.RawIOBase):
         super().__init__()
         self.raw, self.sep, self.fields, self.block = raw, sep[0], fields, block
         self.padded = 0
-        self.example: bytes | None = None
+        self.example: str | None = None
         self._out = bytearray()
         self._carry = b""
         self._eof = False
@@ -317,8 +337,9 @@ class PaddedLines(io.RawIOBase):
         starts = np.concatenate([[0], ends[:-1] + 1])
         cr = (ends > starts) & (arr[np.maximum(ends - 1, 0)] == 13)
         body_ends = ends - cr  # before "\r\n"
-        seps = np.flatnonzero(arr == self.sep)
-        found = np.searchsorted(seps, body_ends) - np.searchsorted(seps, starts)
+        # Separators per line: those before its end, less those before the previous end.
+        before_end = np.searchsorted(np.flatnonzero(arr == self.sep), ends)
+        found = np.diff(before_end, prepend=0)
         missing = np.where(body_ends > starts, self.fields - 1 - found, 0)
         short = missing > 0
         if not short.any():
@@ -326,7 +347,7 @@ class PaddedLines(io.RawIOBase):
         self.padded += int(short.sum())
         if self.example is None:
             first = int(np.flatnonzero(short)[0])
-            self.example = data[starts[first] : body_ends[first]][:200]
+            self.example = data[starts[first] : body_ends[first]][:120].decode("utf-8", "replace")
         at = np.repeat(body_ends[short], missing[short])
         return np.insert(arr, at, self.sep).tobytes()
 

@@ -80,8 +80,9 @@ def encode(weight: np.ndarray, dtype: TableDtype, table: str) -> Encoded:
         return quantize_rows(weight)
     if np.abs(weight).max(initial=0.0) > FP16_MAX:
         raise ValueError(
-            f"table {table!r} has weights beyond float16's range (|w| > {FP16_MAX:g}); "
-            f"use export.table_dtype=int8 or fp32."
+            f"table {table!r} has weights beyond float16's range (|w| > {FP16_MAX:g}); use "
+            f"export.table_dtype=fp32 (or int8, unless it is a first-order table: those are "
+            f"stored as float16 under int8 too)."
         )
     return Encoded(weight.astype(np.float16))
 

@@ -128,9 +128,10 @@ def check_libsvm_columns(
             f"{list(layout.names)}; add them ({SYNTAX}) or fix the features' `column`."
         )
     for column, found in kinds.items():
-        if len(found) > 1 and FeatureKind.dense in found:
+        if len(found) > 1:
             raise ConfigError(
-                f"column '{column}' feeds a dense and a sparse feature; in libsvm a column is "
-                f"either the pairs' values (dense) or their indices (ids): map the values to "
-                f"another column name in data.columns."
+                f"column '{column}' feeds features of kinds {sorted(k.value for k in found)}; "
+                f"a libsvm column holds one thing (values: dense, one index: id, indices: "
+                f"id_list): give each kind its own entry in data.columns (e.g. "
+                f"'{column}_ids=...' with the same range)."
             )

@@ -5,15 +5,18 @@ The recipe's setup step calls these; benchmarks and tests call them to build the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 from torch import nn
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
-from recsys.config import TrainConfig
+from recsys.config import DataConfig, TrainConfig
 from recsys.data.featurize import DataError
+from recsys.data.holdout import HoldoutSplit
 from recsys.data.loader import LoaderOptions, StreamingDataset
 from recsys.data.source import SourceFormat
 from recsys.distributed.env import DistEnv
@@ -22,19 +25,24 @@ from recsys.model.click import build_model
 from recsys.model.layout import WeightLayout
 from recsys.model.registry import AnyHeadConfig
 from recsys.schema import Schema
+from recsys.train.checkpoint import CheckpointError
 from recsys.train.optim import dense_optimizer_factory
 from recsys.train.wrapper import ClickModelTrain
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class Datasets:
-    """This rank's streams. `valid` is what mid-run evaluations read: data.valid_path when
-    set (logged as valid/*), else the eval rows (eval/*)."""
+    """This rank's streams. `valid` is what mid-run evaluations and early stopping read:
+    data.valid_path when set, else the rows `data.holdout` keeps out of training (both logged
+    as valid/*), else (holdout fraction 0) the eval rows (eval/*). `validation` says which."""
 
     train: StreamingDataset
     eval: StreamingDataset
     valid: StreamingDataset
     valid_prefix: str
+    validation: str = "data.eval_path"
 
 
 def datasets(cfg: TrainConfig, schema: Schema, env: DistEnv) -> Datasets:
@@ -61,13 +69,40 @@ def datasets(cfg: TrainConfig, schema: Schema, env: DistEnv) -> Datasets:
                 raise
             raise DataError(f"{e} For data={cfg.data.name}: {cfg.data.prepare_hint}.") from e
 
-    train, evaluation = (
-        stream(cfg.data.train_path, train_opts),
-        stream(cfg.data.eval_path, eval_opts),
-    )
-    if cfg.data.valid_path is not None:
-        return Datasets(train, evaluation, stream(cfg.data.valid_path, eval_opts), "valid")
-    return Datasets(train, evaluation, evaluation, "eval")
+    data, held = cfg.data, _held_out(cfg.data)
+    kept = replace(held, held_out=False) if held is not None else None
+    train = stream(data.train_path, replace(train_opts, holdout=kept))
+    evaluation = stream(data.eval_path, eval_opts)
+    if data.valid_path is not None:
+        valid = stream(data.valid_path, eval_opts)
+        found = Datasets(train, evaluation, valid, "valid", f"data.valid_path={data.valid_path}")
+    elif held is not None:
+        valid = stream(data.train_path, replace(eval_opts, holdout=held))
+        found = Datasets(train, evaluation, valid, "valid", f"data.holdout: {held.describe()}")
+    else:
+        found = Datasets(train, evaluation, evaluation, "eval")
+    if env.is_main:
+        log.info("validation: %s", found.validation)
+    return found
+
+
+def _held_out(data: DataConfig) -> HoldoutSplit | None:
+    """Without data.valid_path, the validation rows are held out of data.train_path: each
+    row is trained on or validated on, never both (recsys.data.holdout)."""
+    if data.valid_path is None and data.holdout.fraction > 0:
+        return HoldoutSplit.from_config(data.holdout, held_out=True)
+    return None
+
+
+def check_validation(saved: str | None, data: Datasets, checkpoint: Path) -> None:
+    """A resumed run validates on the rows its checkpoint's run did: other held-out rows
+    would mean rows trained on before are validated on now, or held-out rows trained on."""
+    if saved is not None and saved != data.validation:
+        raise CheckpointError(
+            f"{checkpoint} was trained with validation on {saved}, this run would validate on "
+            f"{data.validation}. Resume with that run's data.valid_path and data.holdout, or "
+            f"start a new run with trainer.warm_start={checkpoint}."
+        )
 
 
 @dataclass
@@ -100,4 +135,4 @@ def build_training(cfg: TrainConfig, schema: Schema, env: DistEnv) -> Training:
     return Training(sharded, optimizer, plan, wrapped.weight_layout(), model.head_config)
 
 
-__all__ = ["Datasets", "Training", "build_training", "datasets"]
+__all__ = ["Datasets", "Training", "build_training", "check_validation", "datasets"]

@@ -2,7 +2,8 @@
 
     setup      process group, seeds, data streams, the sharded model and its optimizers,
                resume or warm start, the tracker, the checkpointer
-    train      epochs of steps; between steps: validation, checkpoints, early stopping
+    train      epochs of steps; between steps: validation, checkpoints, early stopping that
+               ends with the best validated model (recsys.train.best)
     evaluate   the final evaluation on data.eval_path, and the predictions file
     export     the serving export (every rank takes part; rank 0 writes)
     plots      the run's figures as tracked artifacts (rank 0)
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import traceback
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
@@ -24,7 +26,7 @@ from types import TracebackType
 from recsys.config import TrainConfig
 from recsys.data.progress import EpochProgress
 from recsys.data.source import SourceFormat
-from recsys.distributed.env import init_distributed, shutdown_distributed
+from recsys.distributed.env import DistEnv, init_distributed, shutdown_distributed
 from recsys.distributed.gather import broadcast_object
 from recsys.distributed.sharding import full_state_dict
 from recsys.export.writer import export_metrics, write_export
@@ -51,11 +53,15 @@ from recsys.train.warm_start import WarmStartReport, warm_start
 
 log = logging.getLogger(__name__)
 
+#: Called after each validation with its metrics (`valid/auc`, ...); a returned reason stops
+#: training there, as early stopping does (make tune's pruning: recsys.train.tuning).
+ValidationHook = Callable[[dict[str, float], DistEnv], str | None]
 
-def run(cfg: TrainConfig) -> TrainResult:
+
+def run(cfg: TrainConfig, on_validation: ValidationHook | None = None) -> TrainResult:
     """Train, evaluate and export as `cfg` says; joins torchrun's process group if there is one."""
     schema = validate(cfg)  # before any side effect: a bad value leaves nothing behind
-    with TrainRecipe(cfg, schema) as recipe:
+    with TrainRecipe(cfg, schema, on_validation) as recipe:
         recipe.setup()
         recipe.train()
         recipe.evaluate()
@@ -73,8 +79,11 @@ class TrainRecipe:
     """One training run; its steps share the state held here. A context manager whose exit
     is the finish step."""
 
-    def __init__(self, cfg: TrainConfig, schema: Schema):
+    def __init__(
+        self, cfg: TrainConfig, schema: Schema, on_validation: ValidationHook | None = None
+    ):
         self.cfg, self.schema = cfg, schema
+        self.on_validation = on_validation
         self.state = TrainState()
         self.history: list[dict[str, float]] = []
         self.metrics: dict[str, float] = {}  # the last evaluation's, by prefix
@@ -176,16 +185,14 @@ class TrainRecipe:
         )  # fmt: skip
 
     def _best_model(self) -> BestModel | None:
-        """Early stopping that keeps the best model (trainer.early_stopping); a resumed run
-        goes on with the judgement saved in its checkpoint."""
+        """Early stopping that keeps the best model; a resumed run goes on as its checkpoint."""
         stopping = self.cfg.trainer.early_stopping
         if not stopping.enabled:
             return None
         if self.data.valid is self.data.eval and self.env.is_main:
             log.warning(
-                "trainer.early_stopping watches data.eval_path, so eval metrics are no longer "
-                "unseen; set data.valid_path or data.holdout.fraction > 0 to stop on "
-                "validation rows instead."
+                "trainer.early_stopping watches data.eval_path: eval metrics are no longer "
+                "unseen. Set data.valid_path, or data.holdout.fraction > 0, to stop on validation."
             )
         best = BestModel(stopping, self.cfg.trainer.checkpoint, self.output_dir,
                          self._save_checkpoint, self.env)  # fmt: skip
@@ -231,6 +238,10 @@ class TrainRecipe:
         self._record(evaluation, self.data.valid_prefix)
         if self.best is not None and self.stop_reason is None:
             self.stop_reason = self.best.judge(evaluation.metrics, self.state)
+        if self.on_validation is not None:
+            metrics = evaluation.metrics.as_dict(prefix=f"{self.data.valid_prefix}/")
+            reason = self.on_validation(metrics, self.env)
+            self.stop_reason = self.stop_reason or reason
         return evaluation
 
     def _validation_at_this_step(self) -> Evaluation:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from recsys.config import EarlyStoppingConfig, StoppingMetric
 from recsys.metrics import BinaryMetrics
@@ -45,6 +46,23 @@ class EarlyStopping:
             if self.best is not None
             else f"early stopping at step {step}: validation {self.config.metric} is {value}"
         )
+
+    @property
+    def improved_at(self) -> int | None:
+        """The step of the last evaluation, when it was a new best (else None)."""
+        return self.best_step if self.bad_evaluations == 0 else None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain values, for a checkpoint: a resumed run judges as the uninterrupted one."""
+        return {
+            "best": self.best,
+            "best_step": self.best_step,
+            "bad_evaluations": self.bad_evaluations,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_step = state["best"], state["best_step"]
+        self.bad_evaluations = int(state["bad_evaluations"])
 
     def _improves(self, value: float) -> bool:
         if math.isnan(value):

@@ -23,6 +23,7 @@ from recsys.config import (
     ConfigError,
     Device,
     EarlyStoppingConfig,
+    HoldoutConfig,
     LRScheduleConfig,
     ModelConfig,
     SparseOptimizer,
@@ -43,6 +44,7 @@ def validate(cfg: TrainConfig) -> Schema:
     check_choices(cfg)
     if cfg.data.eval_path is None:
         raise ConfigError("data.eval_path is not set: give the rows to evaluate on.")
+    check_holdout(cfg.data.holdout)
     check_trainer(cfg.trainer)
     check_model(cfg.model)
     _positive("tracking.flush_timeout_s", cfg.tracking.flush_timeout_s)
@@ -72,6 +74,17 @@ def check_choices(node: Any, key: str = "") -> None:
                 f"{where}={value!r} is not a valid choice; use one of {[c.value for c in choice]}."
             )
         check_choices(value, where)
+
+
+def check_holdout(holdout: HoldoutConfig) -> None:
+    """The share of training rows held out for validation (without data.valid_path)."""
+    if not 0.0 <= holdout.fraction < 1.0:
+        raise ConfigError(
+            f"data.holdout.fraction={holdout.fraction}: need 0 <= fraction < 1 (the share of "
+            f"data.train_path held out for validation; 0: none)."
+        )
+    if not 0 <= holdout.seed < 2**32:
+        raise ConfigError(f"data.holdout.seed={holdout.seed}: need 0 <= seed < 2**32.")
 
 
 def check_trainer(trainer: TrainerConfig) -> None:

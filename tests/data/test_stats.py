@@ -143,14 +143,16 @@ def test_bad_text_rows_fail_or_are_counted(tmp_path: Path) -> None:
     report = write_synthetic(SynthOptions(out=str(tmp_path), rows=50, format=OutputFormat.tsv))
     path = Path(report.files[0])
     lines = path.read_text().splitlines()
-    lines[9] = "\t".join(lines[9].split("\t")[:30])
+    lines[9] += "\textra"  # 41 fields: a bad row
+    lines[11] = "\t".join(lines[11].split("\t")[:30])  # 30: trailing fields stripped, padded
     path.write_text("\n".join(lines) + "\n")
     data = _criteo_data(str(path), "criteo")
-    with pytest.raises(DataError, match="line 10"):
+    with pytest.raises(DataError, match="line 10, line .* has 41 columns, expected 40"):
         compute_stats(data, resolve_schema(data, 16), str(path))
     data.on_bad_row = "skip"
     stats = compute_stats(data, resolve_schema(data, 16), str(path))
-    assert stats.rows == 49 and sum(stats.bad_rows.values()) == 1
+    assert stats.rows == 49 and stats.bad_rows == {"wrong_column_count": 1}
+    assert stats.rows_padded == 1
 
 
 def test_cli_stats_on_the_criteo_config(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -76,16 +76,18 @@ def _lines(synth, n: int) -> list[str]:
 
 def test_wrong_field_count_names_file_and_line(tmp_path: Path, synth) -> None:
     lines = _lines(synth, 6)
-    lines[3] = "\t".join(lines[3].split("\t")[:39])
+    lines[3] += "\textra"
+    lines[4] = "\t".join(lines[4].split("\t")[:39])  # trailing empty field stripped: padded
     src = _write_lines(tmp_path / "day_0.tsv", lines)
     dst = tmp_path / "out.parquet"
-    with pytest.raises(DataError, match=r"day_0\.tsv:4: line has 39 fields instead of 40"):
+    with pytest.raises(DataError, match=r"day_0\.tsv:4: line has 41 fields instead of 40"):
         convert_criteo(src, str(dst))
     assert not dst.exists() and not list(tmp_path.glob(".out*"))  # atomic: nothing half-written
 
     report = convert_criteo(src, str(dst), ConvertOptions(on_bad_line=BadLinePolicy.skip))
-    assert report.rows == 5 and report.skipped_lines == 1
+    assert report.rows == 5 and report.skipped_lines == 1 and report.padded_lines == 1
     assert "day_0.tsv:4" in report.skipped_examples[0]
+    assert pq.read_table(dst).column("C26")[3].as_py() is None  # line 5, row 4: C26 missing
 
 
 def test_non_integer_count_names_line_and_field(tmp_path: Path, synth) -> None:

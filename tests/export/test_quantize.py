@@ -3,6 +3,7 @@ tables, the manifest's record of them and of the score error they cause."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 from recsys.compose import explain, load_config
 from recsys.config import ConfigError, TableDtype, TrainConfig
 from recsys.data.source import SourceFormat
-from recsys.export.manifest import ExportError, Manifest
+from recsys.export.manifest import MANIFEST_FILE, ExportError, Manifest
 from recsys.export.quantize import dequantize_rows, encode, load_rows, quantize_rows
 from recsys.export.scorer import Scorer
 from recsys.export.writer import binary_auc, export_metrics, table_bytes, write_export
@@ -183,6 +184,22 @@ def test_tampered_quantization_file_fails_verification_naming_it(
     params[5, 0] *= 2  # one row's scale doubled: scores move, shapes do not
     np.save(params_file, params)
     with pytest.raises(ExportError, match=r"user_id__row_params\.npy: checksum mismatch"):
+        Scorer(export)
+
+
+def test_a_version_1_export_still_reads_as_fp32(model: Model, tmp_path: Path) -> None:
+    """Exports written before table_dtype (format v1: float32, no `dtype` keys) keep serving."""
+    export = _export(model, tmp_path, TableDtype.fp32, measure=False)
+    want = Scorer(export).score(pq.read_table(model.log.eval))
+    raw = json.loads((export / MANIFEST_FILE).read_text())
+    for key in ("table_dtype", "table_bytes"):
+        del raw[key]
+    for entry in raw["tables"].values():
+        del entry["dtype"], entry["first_order"]["dtype"]
+    (export / MANIFEST_FILE).write_text(json.dumps({**raw, "format_version": 1}))
+    np.testing.assert_array_equal(Scorer(export).score(pq.read_table(model.log.eval)), want)
+    (export / MANIFEST_FILE).write_text(json.dumps({**raw, "format_version": 0}))
+    with pytest.raises(ExportError, match="v0 is older than this recsys reads"):
         Scorer(export)
 
 

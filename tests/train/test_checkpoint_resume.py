@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -17,7 +18,8 @@ from mlflow.tracking import MlflowClient
 
 from recsys.compose import load_config
 from recsys.export.scorer import Scorer
-from recsys.train.checkpoint import CheckpointError, find_latest, read_meta
+from recsys.train import recipe
+from recsys.train.checkpoint import CheckpointError, find_latest, read_meta, save_checkpoint
 from recsys.train.recipe import TrainResult, run
 from tests.synthetic import TinyLog
 
@@ -31,6 +33,7 @@ DETERMINISTIC = [
     "trainer.epochs=2",
 ]
 TOL = 1e-6
+ROWS = 2850  # trained per epoch: the tiny log's 3000 rows less the last 5% held out (data.holdout)
 
 
 def _run(log: TinyLog, out: Path, extra: list[str]) -> TrainResult:
@@ -59,7 +62,7 @@ def test_resume_from_mid_epoch_checkpoint_ends_like_the_uninterrupted_run(
     checkpoints = sorted((tmp_path / "full" / "checkpoints").iterdir(), key=os.path.getmtime)
     # One in the second epoch, mid-way: the model, optimizers, step and position all matter.
     mid = next(c for c in checkpoints if read_meta(c)["epoch"] == 1 and _progress(c) is not None)
-    assert 0 < _progress(mid)["rows"] < 3000
+    assert 0 < _progress(mid)["rows"] < ROWS
 
     # Tracked this time: the MLflow run says where it was resumed from.
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
@@ -75,7 +78,7 @@ def test_resume_from_mid_epoch_checkpoint_ends_like_the_uninterrupted_run(
     np.testing.assert_allclose(_probs(tmp_path / "resumed"), _probs(tmp_path / "full"), atol=TOL)
     assert resumed.steps == full.steps
     # Every row not trained before the checkpoint, trained once after it.
-    assert resumed.samples == 2 * 3000 - _trained_rows_before(mid, 3000)
+    assert resumed.samples == 2 * ROWS - _trained_rows_before(mid, ROWS)
     assert (tmp_path / "resumed" / "checkpoints").is_dir()  # its own output folder
     assert not any((tmp_path / "full").glob("checkpoints/*.tmp"))
 
@@ -89,6 +92,50 @@ def source_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[TinyLog, Path]
     log = write_tiny_log(root)
     _run(log, root / "source", ["trainer.epochs=1"])
     return log, root / "source"
+
+
+def test_resumed_past_the_best_step_stops_and_restores_like_the_uninterrupted_run(
+    tiny_log: TinyLog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Early stopping's judgement travels in checkpoints. Resumed after the best step (whose
+    checkpoint the finished run has moved to its checkpoints/), the run stops at the same step
+    and ends with the same restored model."""
+    snapshots = tmp_path / "snapshots"  # the run deletes checkpoints past the best at its end
+
+    def save_and_copy(**where) -> Path:
+        written = save_checkpoint(**where)
+        if written.parent.name == "checkpoints":
+            shutil.copytree(written, snapshots / written.name)
+        return written
+
+    monkeypatch.setattr(recipe, "save_checkpoint", save_and_copy)
+    bold = [
+        "trainer.epochs=20",
+        "trainer.sparse_lr=0.5",
+        "trainer.early_stopping.patience=2",
+        "trainer.early_stopping.restore_best=true",
+    ]
+    bold += ["data.holdout.fraction=0.2", "trainer.checkpoint.every_n_steps=7"]
+    full = _run(tiny_log, tmp_path / "full", bold)
+    best = int(full.stop_reason.split("restored the model of step ")[1].split(" ")[0])
+    past = sorted(int(p.name[len("step_") :]) for p in snapshots.iterdir())
+    step = next(s for s in past if best < s < full.steps)
+    assert not (tmp_path / "full" / "checkpoints" / f"step_{step}").exists()
+    monkeypatch.undo()
+    resumed = _run(
+        tiny_log, tmp_path / "resumed", [*bold, f"trainer.resume={snapshots}/step_{step}"]
+    )
+    assert (resumed.steps, resumed.stop_reason) == (full.steps, full.stop_reason)
+    np.testing.assert_allclose(_probs(tmp_path / "resumed"), _probs(tmp_path / "full"), atol=TOL)
+    assert (tmp_path / "resumed" / "checkpoints" / f"step_{best}").is_dir()  # copied over
+
+
+def test_resume_with_other_validation_rows_is_refused(tiny_log: TinyLog, tmp_path: Path) -> None:
+    """Other held-out rows would validate on rows trained on before, or train on held ones."""
+    _run(tiny_log, tmp_path / "first", ["trainer.max_steps=3", "export.enabled=false"])
+    step = tmp_path / "first" / "checkpoints" / "step_3"
+    with pytest.raises(CheckpointError, match=r"data\.holdout"):
+        _run(tiny_log, tmp_path / "again", [f"trainer.resume={step}", "data.holdout.fraction=0.1"])
 
 
 @pytest.mark.parametrize("what", ["export", "checkpoint"])
@@ -202,7 +249,7 @@ def test_sigkilled_two_process_run_resumes_to_the_same_metrics(
     # The same checkpoint on one process: DCP reshards the tables, the rest of the data is
     # read exactly once (the run's sample count is what was left).
     one = run(load_config(common + [f"trainer.resume={latest}"], output_dir=str(tmp_path / "one")))
-    assert one.samples == 2 * 3000 - _trained_rows_before(latest, 3000)
+    assert one.samples == 2 * ROWS - _trained_rows_before(latest, ROWS)
     assert one.metrics["eval/auc"] > 0.6
 
 

@@ -48,6 +48,7 @@ def test_model_names_are_the_registry_architectures() -> None:
         ("trainer.device=gpux", "trainer.device", "cuda"),
         ("trainer.device=gpu", "trainer.device", "cuda"),
         ("data.format=parq", "data.format", "parquet"),
+        ("data.holdout.by=tial", "data.holdout.by", "tail, hash"),
         ("model=dlrmm", "model", "dcn, dlrm, mf"),
     ],
 )
@@ -84,6 +85,9 @@ def test_typo_in_a_choice_fails_at_composition(override: str, key: str, valid: s
         (["trainer.lr_schedule.step_every=0"], r"trainer\.lr_schedule\.step_every=0"),
         (["trainer.sparse_optimizer=adam"], r"trainer\.sparse_optimizer=adam: .*no fused Adam"),
         (["data.eval_path=null"], r"data\.eval_path is not set"),
+        (["data.holdout.fraction=1"], r"data\.holdout\.fraction=1.0: need 0 <= fraction < 1"),
+        (["data.holdout.fraction=-0.1"], r"data\.holdout\.fraction=-0.1"),
+        (["data.holdout.seed=-1"], r"data\.holdout\.seed=-1"),
         (["model.embedding_dim=0"], r"model\.embedding_dim=0"),
         (["model.dropout=1.0"], r"model\.dropout=1\.0"),
         (["model.over_arch=[64,0]"], r"model\.over_arch=\[64, 0\]"),

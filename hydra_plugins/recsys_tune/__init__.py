@@ -1,0 +1,1 @@
+"""recsys' Hydra plugin: the sweeper of `make tune` (see recsys.cli.tune)."""
