@@ -45,7 +45,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture()
 def cfg(store: Path) -> TrackingConfig:
-    return TrackingConfig(uri=f"sqlite:///{store / 'mlflow.db'}", experiment="tests", required=False)
+    return TrackingConfig(
+        uri=f"sqlite:///{store / 'mlflow.db'}", experiment="tests", required=False
+    )
 
 
 @pytest.fixture()
