@@ -103,7 +103,7 @@ def select_best(
         if OBJECTIVE not in t.metrics:
             skipped[t.name] = f"no {OBJECTIVE} (it validated on eval rows, or failed)"
         elif outcomes is not None and (outcome is None or outcome.state != _COMPLETE):
-            skipped[t.name] = f"Optuna: {outcome.state if outcome else 'no outcome'}"
+            skipped[t.name] = f"{outcome.state.lower() if outcome else 'not told'} (Optuna)"
         else:
             candidates.append(t)
     best = max(candidates, key=lambda t: t.metrics[OBJECTIVE], default=None)
@@ -215,7 +215,13 @@ def _baseline_text(baseline: Trial | None) -> str:
 
 
 def _skipped_text(skipped: dict[str, str]) -> str:
-    return ", ".join(f"{name}: {why}" for name, why in skipped.items())
+    """`3 pruned (Optuna)`: trials counted by reason, named when a few."""
+    names: dict[str, list[str]] = {}
+    for name, why in skipped.items():
+        names.setdefault(why, []).append(name)
+    return ", ".join(
+        f"{len(n)} {why}" + (f": {', '.join(n)}" if len(n) <= 3 else "") for why, n in names.items()
+    )
 
 
 def swept_params(trials: list[Trial]) -> list[str]:

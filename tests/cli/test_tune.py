@@ -31,7 +31,7 @@ def test_the_default_search_space_names_real_keys_and_the_sweeper_maximizes() ->
     assert sweeper["_target_"] == "hydra_plugins.recsys_tune.tune_sweeper.RecsysTuneSweeper"
     assert sweeper["direction"] == "maximize" and sweeper["n_trials"] == 20
     assert sweeper["sampler"]["_target_"] == "optuna.samplers.TPESampler"
-    assert sweeper["pruner"]["_target_"] == "optuna.pruners.MedianPruner"
+    assert sweeper["pruner"]["_target_"] == "optuna.pruners.PercentilePruner"
     space = sweeper["params"]
     assert {"trainer.lr", "trainer.sparse_lr", "model.embedding_dim", "model.dropout"} <= set(space)
     assert {"trainer.weight_decay", "trainer.sparse_weight_decay", "trainer.batch_size"} <= set(

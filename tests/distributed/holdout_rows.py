@@ -26,6 +26,16 @@ def main(out: Path, epochs: int, overrides: list[str]) -> None:
     cfg = load_config(overrides, output_dir=str(out.parent / "run"))
     schema = validate(cfg)
     env = init_distributed("cpu")
+    rows = _rows(cfg, schema, env, epochs)  # what holds the sharded model ends with that frame
+    if env.is_main:
+        out.write_text(json.dumps(rows))
+    # gloo's threads stop only with the group's last reference; left running at exit, they
+    # abort the process (what the recipe's finish step guards against; issue 8's crash).
+    if not shutdown_distributed():
+        raise RuntimeError("the process group outlived the run: something still holds the model")
+
+
+def _rows(cfg, schema, env, epochs: int) -> dict[str, list]:
     data = datasets(cfg, schema, env)
     training = build_training(cfg, schema, env)
     job = TrainJob(training.model, training.optimizer, schema, cfg.trainer, env)
@@ -38,10 +48,7 @@ def main(out: Path, epochs: int, overrides: list[str]) -> None:
                     mine += report.batch.position.row_ids.tolist()
         trained.append(sorted(i for part in gather_objects(mine, env) for i in part))
     validated = evaluate(job.model, data.valid, schema, env).row_ids.tolist()
-    if env.is_main:
-        out.write_text(json.dumps({"trained": trained, "validated": validated}))
-    del job, training, data  # the sharded model holds the process group
-    shutdown_distributed()
+    return {"trained": trained, "validated": validated}
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ def test_under_optuna_only_completed_trials_can_be_best() -> None:
         "run2": TrialOutcome(2, "COMPLETE", 0.72),
     }
     best, skipped = select_best(trials, outcomes)
-    assert best is trials[2] and skipped == {"t1": "Optuna: PRUNED"}
+    assert best is trials[2] and skipped == {"t1": "pruned (Optuna)"}
 
 
 def test_swept_params_leave_out_what_differs_between_any_trials() -> None:
