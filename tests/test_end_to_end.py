@@ -62,6 +62,11 @@ def test_mlflow_run_has_params_metrics_and_artifacts(trained) -> None:
         "sharding_plan.txt",
         "eval_predictions.parquet",
     } <= top
+    # Train, the held-out validation slice and eval, as dataset inputs (the Dataset column).
+    inputs = {i.tags[0].value: i.dataset for i in mlrun.inputs.dataset_inputs if i.tags}
+    assert set(inputs) == {"train", "validation", "eval"}
+    assert "data.holdout: tail 0.05" in inputs["validation"].source
+    assert inputs["validation"].digest != inputs["train"].digest
     # The export travels as the run's logged model (a pyfunc holding the export folder).
     (output,) = mlrun.outputs.model_outputs
     model_files = client.list_logged_model_artifacts(output.model_id, "artifacts/export")

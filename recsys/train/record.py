@@ -4,14 +4,16 @@ fingerprints), and the eval predictions file."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recsys.config import TrainConfig
+from recsys.config import HoldoutConfig, TrainConfig
 from recsys.data.fingerprint import data_fingerprint
 from recsys.data.source import SourceFormat
 from recsys.distributed.env import DistEnv
@@ -51,11 +53,26 @@ def log_datasets(tracker: Tracker, cfg: TrainConfig, schema: Schema) -> None:
     """Train / validation / eval as MLflow dataset inputs, with fingerprint tags."""
     data, fmt = cfg.data, SourceFormat.from_config(cfg.data)
     paths = {"train": data.train_path, "validation": data.valid_path, "eval": data.eval_path}
-    for context, path in paths.items():
-        if path:
-            fingerprint = data_fingerprint(path, fmt, schema)
-            # Named by role too: the UI lists inputs by name, and train and eval share data.name.
-            log_data_fingerprint(tracker, context, f"{data.name}-{context}", fingerprint)
+    fingerprints = {c: data_fingerprint(p, fmt, schema) for c, p in paths.items() if p}
+    if "validation" not in fingerprints and data.holdout.fraction > 0:
+        fingerprints["validation"] = held_out(fingerprints["train"], data.holdout)
+    for context, fingerprint in fingerprints.items():
+        # Named by role too: the UI lists inputs by name, and train and eval share data.name.
+        log_data_fingerprint(tracker, context, f"{data.name}-{context}", fingerprint)
+
+
+def held_out(train: dict[str, Any], holdout: HoldoutConfig) -> dict[str, Any]:
+    """The validation slice `data.holdout` takes from the training files, as a fingerprint:
+    the same files, a digest of them and the holdout's settings, rows estimated."""
+    how = f"{holdout.by.value} {holdout.fraction:g} (seed {holdout.seed})"
+    digest = hashlib.sha256(f"{train['digest']} {how}".encode()).hexdigest()
+    rows = train["rows"]
+    return {
+        **train,
+        "path": f"{train['path']} (data.holdout: {how})",
+        "digest": digest[: len(train["digest"])],
+        "rows": None if rows is None else round(rows * holdout.fraction),
+    }
 
 
 def write_predictions(tracker: Tracker, output_dir: Path, evaluation: Evaluation) -> Path:
