@@ -246,9 +246,12 @@ class TrainRecipe:
 
     def _validation_at_this_step(self) -> Evaluation:
         """The validation at the current step (run now unless one just ran)."""
-        if self._last_validation is not None and self._last_validation[0] == self.state.step:
-            return self._last_validation[1]
-        return self._validate()
+        return self._validated_at_this_step() or self._validate()
+
+    def _validated_at_this_step(self) -> Evaluation | None:
+        """The validation already run at the current step, if any."""
+        last = self._last_validation
+        return last[1] if last is not None and last[0] == self.state.step else None
 
     def _log_epoch(self, evaluation: Evaluation) -> None:
         if self.env.is_main:
@@ -277,9 +280,9 @@ class TrainRecipe:
     def evaluate(self) -> Evaluation:
         """The final evaluation on data.eval_path (the last validation, when that read the
         eval rows at this step already), and the predictions file."""
-        last = self._last_validation
-        if self.data.valid is self.data.eval and last is not None and last[0] == self.state.step:
-            evaluation = last[1]
+        reused = self._validated_at_this_step() if self.data.valid is self.data.eval else None
+        if reused is not None:
+            evaluation = reused
         else:
             evaluation = evaluate(self.job.model, self.data.eval, self.schema, self.env)
             self._record(evaluation, "eval")
