@@ -14,7 +14,6 @@ import contextlib
 import importlib.util
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -31,6 +30,7 @@ import pytest
 from recsys.compose import load_config
 from recsys.tracking.urls import experiment_url, run_url
 from recsys.train.recipe import run
+from tests.processes import stop_group
 from tests.synthetic import write_tiny_log
 
 if TYPE_CHECKING:
@@ -96,19 +96,6 @@ def _wait_until_up(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
     )
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """Stop the server's whole process group (uvicorn workers included)."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=15)
-    with contextlib.suppress(ProcessLookupError):  # children may outlive the leader briefly
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
 def _train(root: Path, uri: str) -> Served:
     """One epoch of the real recipe on a tiny log, tracked to `uri` and registered as MODEL;
     what the UI should show, read back from the store (base_url left empty)."""
@@ -167,7 +154,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         _wait_until_up(f"{base_url}/health", proc, log)
         yield replace(trained, base_url=base_url)
     finally:
-        _stop(proc)
+        stop_group(proc, grace_s=15)
 
 
 @pytest.fixture
@@ -260,10 +247,13 @@ def test_run_page_shows_the_datasets_and_the_registered_version(served: Served, 
         page.get_by_text(served.run_name, exact=True).first.wait_for()
         version = page.locator(f'a[href$="/models/{MODEL}/versions/{served.model_version}"]')
         assert version.first.inner_text().split() == [MODEL, f"v{served.model_version}"]
-        # The Datasets box shows the first input and hides the others behind "+1".
+        # The Datasets box shows the first input and hides the other two (validation: the
+        # held-out slice; eval) behind "+2".
         assert _dataset(page, "movielens-train", served.digests["train"]) == "Train"
-        page.get_by_text("+1", exact=True).click()
+        page.get_by_text("+2", exact=True).click()
         assert _dataset(page, "movielens-eval", served.digests["eval"]) == "Eval"
+        validation = _dataset(page, "movielens-validation", served.digests["validation"])
+        assert validation == "Validation"
 
 
 @needs_browser

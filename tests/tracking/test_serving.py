@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from recsys.schema import Schema, resolve_schema
 from recsys.tracking import MlflowTracker
 from recsys.tracking.model import CHAMPION_ALIAS, ModelVersionInfo, log_and_register
 from recsys.train.recipe import TrainResult, run
+from tests.processes import stop_group
 from tests.synthetic import make_click_log, write_tiny_log
 
 SERVER_START_TIMEOUT_S = 180  # the server imports torch and the scorer: slow on 2 busy cores
@@ -103,13 +103,8 @@ def server() -> Iterator[dict[str, subprocess.Popen]]:
     slot: dict[str, subprocess.Popen] = {}
     yield slot
     proc = slot.get("proc")
-    if proc is not None and proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+    if proc is not None:
+        stop_group(proc, grace_s=30)
 
 
 def _serve(uri: str, port: int, log_path: Path) -> subprocess.Popen:
