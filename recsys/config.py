@@ -97,6 +97,8 @@ class ModelName(StrEnum):
     dlrm = "dlrm"
     dcn = "dcn"
     mf = "mf"
+    fm = "fm"  # factorization machine: a baseline, and strong on small logs
+    lr = "lr"  # hashed logistic regression: the baseline every model must beat
 
 
 class DCNStructure(StrEnum):
@@ -302,7 +304,11 @@ class TrainerConfig:
     sparse_optimizer: SparseOptimizer = SparseOptimizer.rowwise_adagrad
     sparse_lr: float = 0.01
     first_order_lr: float | None = None  # per-id bias tables; None: sparse_lr
-    sparse_weight_decay: float = 0.0
+    sparse_weight_decay: float = 0.0  # fused L2 in FBGEMM's GPU kernels (rowwise_adagrad only)
+    # L2 on the embedding and bias rows each batch touches (their pooled vectors), added to
+    # the loss: lambda * sum over features of ||pooled||^2, averaged over rows. Works on every
+    # device, unlike sparse_weight_decay, which FBGEMM's CPU kernels ignore.
+    embedding_l2: float = 0.0
     seed: int = 0
     log_every_n_steps: int = 20
     shuffle_buffer: int = 0  # rows mixed in a seeded buffer; 0 keeps file (time) order

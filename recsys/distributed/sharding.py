@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
+from fbgemm_gpu.tbe.config.optimizer_config import WeightDecayMode
 from torch import nn
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torch.distributed.tensor import DTensor
@@ -47,6 +48,11 @@ def attach_sparse_optimizer(tables: nn.Module, trainer: TrainerConfig, lr: float
     """
     optimizer = _SPARSE_OPTIMIZERS[SparseOptimizer(trainer.sparse_optimizer)]
     kwargs = {"lr": lr, "weight_decay": trainer.sparse_weight_decay}
+    if trainer.sparse_weight_decay > 0:
+        # TorchRec hands weight_decay to FBGEMM without a mode, and FBGEMM's default mode
+        # ignores it. Its CPU kernels ignore it in every mode (a row's update was identical
+        # with none, L2 and decoupled): validation allows it only on GPU, rowwise Adagrad.
+        kwargs["weight_decay_mode"] = WeightDecayMode.L2
     apply_optimizer_in_backward(optimizer, tables.parameters(), kwargs)
 
 

@@ -19,7 +19,7 @@ from recsys.schema import Schema
 
 
 class ClickModel(nn.Module):
-    """Embedding bags (+ first-order tables) -> head (dlrm, dcn, mf, ...) -> logits."""
+    """Embedding bags (+ first-order tables) -> head (dlrm, dcn, mf, fm, lr) -> logits."""
 
     def __init__(self, schema: Schema, config: ModelConfig, device: torch.device | None = None):
         super().__init__()
@@ -28,8 +28,14 @@ class ClickModel(nn.Module):
         self.head = build_head(self.head_config)
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
+        return self.forward_pooled(dense, sparse)[0]
+
+    def forward_pooled(
+        self, dense: torch.Tensor, sparse: KeyedJaggedTensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(logits, pooled embeddings, first-order weights): what a regularizer needs too."""
         embeddings, first_order = self.sparse_arch(sparse)
-        return self.head(dense, embeddings, first_order)
+        return self.head(dense, embeddings, first_order), embeddings, first_order
 
     def weight_layout(self) -> WeightLayout:
         """Which state entries are which table, bias table and dense part (the head)."""

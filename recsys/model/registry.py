@@ -16,6 +16,7 @@ from torch import nn
 
 from recsys.config import ConfigError, ModelConfig, ModelName
 from recsys.model.dcn import DCNConfig, DCNHead
+from recsys.model.fm import FMConfig, FMHead, LinearConfig, LinearHead
 from recsys.model.head import DLRMHead, HeadConfig
 from recsys.model.mf import MFConfig, MFHead
 from recsys.schema import Schema
@@ -38,6 +39,8 @@ ARCHITECTURES: dict[ModelName, Architecture] = {
     ModelName.dlrm: Architecture(HeadConfig, DLRMHead),
     ModelName.dcn: Architecture(DCNConfig, DCNHead),
     ModelName.mf: Architecture(MFConfig, MFHead),
+    ModelName.fm: Architecture(FMConfig, FMHead),
+    ModelName.lr: Architecture(LinearConfig, LinearHead),
 }
 
 

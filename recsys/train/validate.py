@@ -105,7 +105,7 @@ def check_trainer(trainer: TrainerConfig) -> None:
     _positive("trainer.sparse_lr", trainer.sparse_lr)
     if trainer.first_order_lr is not None:
         _positive("trainer.first_order_lr", trainer.first_order_lr, "or null for sparse_lr")
-    for key in ("weight_decay", "sparse_weight_decay", "momentum"):
+    for key in ("weight_decay", "sparse_weight_decay", "momentum", "embedding_l2"):
         _at_least(f"trainer.{key}", getattr(trainer, key), 0.0)
     if len(trainer.betas) != 2 or not all(0.0 <= b < 1.0 for b in trainer.betas):
         raise ConfigError(f"trainer.betas={list(trainer.betas)}: need two values in [0, 1).")
@@ -168,6 +168,19 @@ def check_device(trainer: TrainerConfig) -> None:
         raise ConfigError(
             "trainer.sparse_optimizer=adam: FBGEMM's CPU kernels have no fused Adam; "
             "use rowwise_adagrad, adagrad or sgd on CPU, or trainer.device=cuda."
+        )
+    fused_l2 = (
+        trainer.device == Device.cuda
+        and trainer.sparse_optimizer == SparseOptimizer.rowwise_adagrad
+    )
+    if trainer.sparse_weight_decay > 0 and not fused_l2:
+        # FBGEMM's CPU kernels (and its GPU ones but rowwise Adagrad's, as TorchRec passes
+        # them) take the value and never apply it: the run would look regularized and not be.
+        raise ConfigError(
+            f"trainer.sparse_weight_decay={trainer.sparse_weight_decay}: FBGEMM applies it "
+            f"only with trainer.device=cuda and sparse_optimizer=rowwise_adagrad (here "
+            f"device={trainer.device}, sparse_optimizer={trainer.sparse_optimizer}); use "
+            f"trainer.embedding_l2 instead, which works everywhere."
         )
 
 

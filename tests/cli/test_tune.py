@@ -34,9 +34,7 @@ def test_the_default_search_space_names_real_keys_and_the_sweeper_maximizes() ->
     assert sweeper["pruner"]["_target_"] == "optuna.pruners.PercentilePruner"
     space = sweeper["params"]
     assert {"trainer.lr", "trainer.sparse_lr", "model.embedding_dim", "model.dropout"} <= set(space)
-    assert {"trainer.weight_decay", "trainer.sparse_weight_decay", "trainer.batch_size"} <= set(
-        space
-    )
+    assert {"trainer.weight_decay", "trainer.embedding_l2", "trainer.batch_size"} <= set(space)
     for key in space:
         assert check_overrides([f"{key}=1"]) is None, key
 

@@ -1,4 +1,4 @@
-"""model=dcn and model=mf end to end on the tiny log: learn, export, score like training did."""
+"""model=dcn, mf, fm and lr end to end on the tiny log: learn, export, score like training did."""
 
 from __future__ import annotations
 
@@ -23,6 +23,9 @@ MODELS = {
     # Unequal dims (genres 8, the rest 16) and a low-rank, parallel cross network.
     "dcn": ["data.tables.genres.embedding_dim=8", "model.low_rank=8", "model.structure=parallel"],
     "mf": [],
+    # The baselines, one with the embedding regularizer on.
+    "fm": ["trainer.embedding_l2=1e-4"],
+    "lr": [],
 }
 
 
@@ -40,7 +43,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[TrainRe
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_model_learns_and_export_scores_like_training(trained, name: str) -> None:
     result, eval_path = trained[name]
-    assert result.metrics["eval/auc"] > 0.62, result.metrics  # chance is 0.5; dlrm gets ~0.68
+    # Chance is 0.5; dlrm gets ~0.68, the logistic regression ~0.60 (the log has interactions).
+    floor = 0.57 if name == "lr" else 0.62
+    assert result.metrics["eval/auc"] > floor, result.metrics
     manifest = Manifest.load(result.export_dir)
     assert manifest.dense["architecture"] == name
     scores = Scorer(result.export_dir).score(pq.read_table(eval_path))

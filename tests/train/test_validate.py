@@ -49,7 +49,7 @@ def test_model_names_are_the_registry_architectures() -> None:
         ("trainer.device=gpu", "trainer.device", "cuda"),
         ("data.format=parq", "data.format", "parquet"),
         ("data.holdout.by=tial", "data.holdout.by", "tail, hash"),
-        ("model=dlrmm", "model", "dcn, dlrm, mf"),
+        ("model=dlrmm", "model", "dcn, dlrm, fm, lr, mf"),
     ],
 )
 def test_typo_in_a_choice_fails_at_composition(override: str, key: str, valid: str) -> None:
@@ -74,6 +74,14 @@ def test_typo_in_a_choice_fails_at_composition(override: str, key: str, valid: s
         (["trainer.sparse_lr=-1"], r"trainer\.sparse_lr=-1"),
         (["trainer.first_order_lr=0"], r"trainer\.first_order_lr=0"),
         (["trainer.weight_decay=-0.1"], r"trainer\.weight_decay=-0.1"),
+        (["trainer.embedding_l2=-1e-5"], r"trainer\.embedding_l2=-1e-05"),
+        # FBGEMM's CPU kernels take a weight decay and never apply it: refused, not ignored.
+        (
+            ["trainer.sparse_weight_decay=1e-5"],
+            r"trainer\.sparse_weight_decay=1e-05: .*embedding_l2",
+        ),
+        (["model=lr", "model.first_order=false"], r"model=lr .*model\.first_order=true"),
+        (["model=fm", "data.tables.genres.embedding_dim=8"], r"model=fm .*embedding_dim=16"),
         (["trainer.betas=[0.9]"], r"trainer\.betas=\[0\.9\]"),
         (["trainer.betas=[0.9,1.0]"], r"trainer\.betas=\[0\.9, 1\.0\]"),
         (["trainer.early_stopping.patience=-1"], r"trainer\.early_stopping\.patience=-1"),
@@ -143,10 +151,12 @@ def test_choice_inside_a_feature_spec() -> None:
 def test_unknown_model_name_lists_the_registry() -> None:
     cfg = load_config([])
     schema = resolve_schema(cfg.data, cfg.model.embedding_dim)
-    with pytest.raises(ConfigError, match=r"model\.name='fm'.*\['dcn', 'dlrm', 'mf'\]"):
-        head_config(schema, ModelConfig(name="fm"))
-    with pytest.raises(ConfigError, match=r"model\.name='fm'"):
-        validate(replace(cfg, model=ModelConfig(name="fm")))
+    with pytest.raises(
+        ConfigError, match=r"model\.name='ffm'.*\['dcn', 'dlrm', 'fm', 'lr', 'mf'\]"
+    ):
+        head_config(schema, ModelConfig(name="ffm"))
+    with pytest.raises(ConfigError, match=r"model\.name='ffm'"):
+        validate(replace(cfg, model=ModelConfig(name="ffm")))
 
 
 def test_validate_is_pure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,221 @@
+"""`make bench-quality`: recsys' defaults against its own baselines, on several data sets.
+
+    .venv/bin/python -m recsys.bench.quality [--datasets movielens,adult,...] [--seeds 0,1,2]
+        [--candidates lr,fm,defaults] [--candidate NAME='override ...'] [--tuned DATA=SWEEP_DIR]
+
+Each (data set, candidate, seed) trains in a process of its own through `recsys.train.recipe
+.run` (tracking and export off), so one run cannot leak threads or state into the next. The
+report gives per candidate valid/auc and eval/auc as mean ± sd over seeds, and for synthetic
+worlds the share of the achievable lift, (AUC - 0.5) / (best - 0.5), where best is the AUC of
+the planted click probability `p_true` on the eval split (`report.json` beside the files).
+
+Candidates are compared on validation (valid/auc: the held-out tail of the training rows);
+eval is reported, never used to choose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from recsys.bench.fixtures import BENCH_DIR
+
+SYNTH_ROOT = Path("data/synth")
+SYNTH_TRAIN_ROWS = 200_000
+SYNTH_EVAL_ROWS = 50_000
+METRICS = ("valid/auc", "eval/auc", "eval/log_loss")
+
+#: The baselines, and the defaults (no override). `--candidate NAME='...'` adds more.
+CANDIDATES: dict[str, list[str]] = {
+    "lr": ["model=lr"],
+    "fm": ["model=fm"],
+    "defaults": [],
+}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    overrides: list[str]
+    world: str | None = None  # synthetic: the planted world (best AUC from its report.json)
+    fetched: bool = False  # `recsys-data <name>` fetches it into data/<name>/
+
+    def prepare(self) -> None:
+        """Fetch or generate the files on first use (as `make train` would)."""
+        if self.world is not None:
+            _synth_world(self.world)
+        elif self.fetched and not Path(f"data/{self.name}/train.parquet").exists():
+            subprocess.run([sys.executable, "-m", "recsys.cli.data", self.name], check=True)
+
+    def best_auc(self) -> float | None:
+        if self.world is None:
+            return None
+        report = json.loads((SYNTH_ROOT / self.world / "eval" / "report.json").read_text())
+        return float(report["auc_p_true"])
+
+
+def _synth_dataset(world: str) -> Dataset:
+    folder = SYNTH_ROOT / world
+    paths = [f"data.train_path={folder / 'train'}", f"data.eval_path={folder / 'eval'}"]
+    return Dataset(f"synth-{world}", ["data=synth", *paths], world)
+
+
+DATASETS: dict[str, Dataset] = {
+    "movielens": Dataset("movielens", ["data=movielens"], fetched=True),
+    "adult": Dataset("adult", ["data=adult"], fetched=True),
+    **{f"synth-{w}": _synth_dataset(w) for w in ("first_order", "pairwise", "cold_start")},
+}
+
+
+def _synth_world(world: str) -> None:
+    """Train (seed 0) and eval (seed 1) logs of one planted world, written once."""
+    from data_tools.synth import SynthOptions, World, write_synthetic
+
+    for split, rows, seed in (("train", SYNTH_TRAIN_ROWS, 0), ("eval", SYNTH_EVAL_ROWS, 1)):
+        out = SYNTH_ROOT / world / split
+        if not (out / "report.json").exists():
+            write_synthetic(SynthOptions(out=str(out), rows=rows, seed=seed, world=World(world)))
+
+
+@dataclass
+class Cell:
+    """One (data set, candidate): its runs' metrics, one dict per seed."""
+
+    dataset: str
+    candidate: str
+    runs: list[dict[str, float]] = field(default_factory=list)
+
+    def stat(self, metric: str) -> tuple[float, float]:
+        values = [r[metric] for r in self.runs if metric in r]
+        if not values:
+            return float("nan"), float("nan")
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        return statistics.fmean(values), sd
+
+
+def train_once(overrides: list[str], config_dir: str | None = None) -> dict[str, float]:
+    """Train one run in a fresh process; its final metrics (valid/* of the kept model too)."""
+    with tempfile.TemporaryDirectory(dir=BENCH_DIR.parent if BENCH_DIR.exists() else None) as out:
+        request = {"overrides": overrides, "config_dir": config_dir, "output_dir": out}
+        done = subprocess.run(
+            [sys.executable, "-m", "recsys.bench.quality", "--one", json.dumps(request)],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"run {shlex.join(overrides)} failed:\n{done.stderr[-3000:]}")
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _run_one(request: dict) -> None:
+    from recsys.compose import load_config
+    from recsys.train.recipe import run
+
+    fixed = ["tracking=none", "export.enabled=false", "trainer.progress_bar=false"]
+    cfg = load_config([*request["overrides"], *fixed], request["output_dir"], request["config_dir"])
+    result = run(cfg)
+    metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)}
+    metrics["steps"] = float(result.steps)
+    # The final model's validation: the last validation in the history (the kept model's,
+    # unless trainer.early_stopping.restore_best moved back to `best/valid_auc`'s step).
+    validated = [h for h in result.history if "valid/auc" in h]
+    if validated:
+        metrics["valid/auc"] = validated[-1]["valid/auc"]
+        if cfg.trainer.early_stopping.restore_best and "best/valid_auc" in metrics:
+            metrics["valid/auc"] = metrics["best/valid_auc"]
+    print(json.dumps(metrics))
+
+
+def study(
+    datasets: list[Dataset],
+    candidates: dict[str, list[str]],
+    seeds: list[int],
+    tuned: dict[str, str],
+) -> list[Cell]:
+    """Every cell, seeds innermost; prints each run as it ends."""
+    cells = []
+    for data in datasets:
+        data.prepare()
+        runs = {**candidates, **({"tuned": []} if data.name in tuned else {})}
+        for name, overrides in runs.items():
+            cell = Cell(data.name, name)
+            config_dir = tuned.get(data.name) if name == "tuned" else None
+            extra = ["+experiment=best"] if config_dir else []
+            for seed in seeds:
+                args = [*data.overrides, *overrides, *extra, f"trainer.seed={seed}"]
+                cell.runs.append(train_once(args, config_dir))
+                shown = ", ".join(f"{m} {cell.runs[-1].get(m, float('nan')):.4f}" for m in METRICS)
+                print(f"  {data.name:<18} {name:<12} seed {seed}: {shown}", flush=True)
+            cells.append(cell)
+    return cells
+
+
+def lift(auc: float, best: float | None) -> float | None:
+    """Share of the achievable AUC lift over chance."""
+    return None if best is None else (auc - 0.5) / (best - 0.5)
+
+
+def table(cells: list[Cell], datasets: dict[str, Dataset]) -> str:
+    """Markdown: per data set and candidate, valid and eval AUC (mean ± sd), lift share."""
+    lines = [
+        "| data set | model | valid AUC | eval AUC | eval log loss | share of best lift |",
+        "|---|---|---|---|---|---|",
+    ]
+    for cell in cells:
+        (v, vs), (e, es), (ll, lls) = (cell.stat(m) for m in METRICS)
+        best = datasets[cell.dataset].best_auc()
+        share = lift(e, best)
+        shown = "" if share is None else f"{share:.3f} (best AUC {best:.4f})"
+        lines.append(
+            f"| {cell.dataset} | {cell.candidate} | {v:.4f} ± {vs:.4f} | {e:.4f} ± {es:.4f} "
+            f"| {ll:.4f} ± {lls:.4f} | {shown} |"
+        )
+    return "\n".join(lines)
+
+
+def _key_values(pairs: list[str], what: str) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"{what} {pair!r}: expected NAME=VALUE")
+        out[key] = value
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: one run, JSON request
+    parser.add_argument("--datasets", default=",".join(DATASETS))
+    parser.add_argument("--candidates", default=",".join(CANDIDATES))
+    parser.add_argument("--candidate", action="append", default=[], help="NAME='overrides'")
+    parser.add_argument("--tuned", action="append", default=[], help="DATA=SWEEP_DIR (best.yaml)")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--json", type=Path, default=Path("outputs/bench/quality.json"))
+    args = parser.parse_args(argv)
+    if args.one:
+        _run_one(json.loads(args.one))
+        return
+    unknown = [d for d in args.datasets.split(",") if d not in DATASETS]
+    if unknown:
+        raise SystemExit(f"--datasets: unknown {unknown}; known: {sorted(DATASETS)}")
+    extra = {k: shlex.split(v) for k, v in _key_values(args.candidate, "--candidate").items()}
+    candidates = {c: CANDIDATES[c] for c in args.candidates.split(",") if c} | extra
+    datasets = [DATASETS[d] for d in args.datasets.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    cells = study(datasets, candidates, seeds, _key_values(args.tuned, "--tuned"))
+    print(table(cells, DATASETS))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    report = [{"dataset": c.dataset, "candidate": c.candidate, "runs": c.runs} for c in cells]
+    args.json.write_text(json.dumps({"seeds": seeds, "cells": report}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
