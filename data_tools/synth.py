@@ -13,25 +13,47 @@ How it scales:
   planted model is a hash of (model_seed, column, rank): nothing is stored per id.
 * Rows: randomness is drawn in blocks of `BLOCK_ROWS` rows from a generator seeded by
   (seed, block index). The bytes therefore depend only on the options that change the data
-  (seed, model_seed, rows, distinct, zipf, missing rate), never on row-group sizes or file
+  (seed, model_seed, world, rows, distinct, zipf, missing rate), never on row-group sizes or file
   counts, and memory is one block plus one row group whatever the number of rows.
-* Splits: `seed` draws the rows, `model_seed` fixes the world they come from (which id each
-  rank is, every id's effect, the dense distributions). Train and eval logs of one world share
-  `model_seed` and differ in `seed`, so a model trained on one can be judged on the other.
+* Splits: `seed` draws the rows; `world` and `model_seed` fix the world they come from (which
+  id each rank is, every id's effect, the dense distributions). Train and eval logs of one
+  world share `world` and `model_seed` (and `distinct`, `zipf`) and differ in `seed`, so a
+  model trained on one can be judged on the other. Each output folder gets `REPORT_FILE`
+  with its CTR and best AUC (`read_report`).
 
-The planted model: logit = bias + per-id effects of C1..C8 + a rank-4 interaction between
-C9 and C10 (dot product of hashed per-id factors) + weighted, standardized log1p(I1..I4).
-Missing values contribute nothing. label ~ Bernoulli(sigmoid(logit)).
+Worlds (`World`, `WORLDS`): what the label depends on. In every world logit = bias + the
+effects below, label ~ Bernoulli(sigmoid(logit)), and a missing value contributes nothing;
+dense counts are drawn alike in all worlds (dense effect: a weight times the standardized
+log1p of the count), so only labels and the ids' statistics differ. Scales give a CTR of
+0.25-0.3 and a best AUC near 0.8 on every world (measured: the comment above `WORLDS`).
+* mixed (the default; the original model, byte for byte): per-id effects of C1..C8
+  (N(0, 0.4^2) each), a rank-4 interaction C9 x C10 (dot product of hashed per-id factors,
+  each N(0, 0.6^2)), dense I1..I4. 10^6 ids per column, Zipf 1.05.
+* first_order: per-id effects of C1..C10 (N(0, 0.42^2)) and dense I1..I4, nothing else: a
+  logistic regression on one-hot ids and log counts is the true model's family, so it can reach
+  the best AUC given enough rows per id. 10^4 ids per column, Zipf 1.05.
+* pairwise: weak per-id effects of C1..C8 (N(0, 0.25^2)) and rank-4 interactions of five
+  pairs C1xC2, C3xC4, C5xC6, C7xC8, C1xC5 (factors N(0, 0.5^2)), dense I1..I4. Most of the
+  signal is in the pairs: a model without interactions stays far below p_true, one with
+  dot products of embeddings (FM, DLRM, DCN) can approach it. 10^4 ids per column, Zipf 1.05.
+* cold_start: 10^7 ids per column with a flat Zipf (0.5), so most ids of an eval split were
+  never seen in training. C9..C16 hold the category of the C1..C8 id (rank // CATEGORY_RANKS,
+  hashed like any id): frequent values. Effects: per category N(0, 0.35^2), per id
+  of C1..C8 N(0, 0.3^2) (learnable only for ids seen often), dense I1..I6. A model that learns
+  the category columns and the dense ones generalizes to unseen ids.
+Columns a world does not name carry no signal (noise a model must learn to ignore).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -60,15 +82,74 @@ _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 _M32 = np.uint64(0xFFFFFFFF)
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 
-# The planted model (see the module docstring); scales chosen for a Criteo-like CTR (~0.25)
-# and a best achievable AUC near 0.8.
-EFFECT_COLUMNS = 8  # C1..C8
-EFFECT_SCALE = 0.4
-PAIR_COLUMNS = (8, 9)  # C9 x C10
-PAIR_RANK = 4
-PAIR_SCALE = 0.6
-DENSE_WEIGHTS = (0.35, -0.25, 0.3, 0.2)  # I1..I4
-BIAS = -1.5
+CATEGORY_RANKS = 1_000
+"""Consecutive ranks of a parent id that share one category (world cold_start)."""
+
+REPORT_FILE = "_report.json"
+"""Written beside the data files; the leading '_' keeps the loader from reading it as data."""
+
+
+class World(StrEnum):
+    """Which planted model the rows come from (see the module docstring)."""
+
+    mixed = "mixed"  # the original model, the default: first-order effects and one pair
+    first_order = "first_order"
+    pairwise = "pairwise"
+    cold_start = "cold_start"
+
+
+@dataclass(frozen=True)
+class WorldSpec:
+    """One world's planted model and its id statistics. Column numbers count from 0 (C1).
+
+    Attributes:
+        bias: the logit's constant; sets the CTR.
+        effects: per-id effect scale of C1, C2, ... (columns beyond the tuple: none).
+        pairs: column pairs (a, b) whose ids interact through a dot product of factors.
+        pair_rank: factors per id in each pair.
+        factor_scale: standard deviation of each factor.
+        categories: (column, parent): the column holds the category of the parent's id,
+            rank // CATEGORY_RANKS, so rare ids share a frequent value.
+        dense_weights: weight of standardized log1p(I1), log1p(I2), ...
+        distinct: distinct ids per column when SynthOptions.distinct is not given.
+        zipf: Zipf exponent when SynthOptions.zipf is not given.
+    """
+
+    bias: float
+    effects: tuple[float, ...]
+    pairs: tuple[tuple[int, int], ...] = ()
+    pair_rank: int = 4
+    factor_scale: float = 0.0
+    categories: tuple[tuple[int, int], ...] = ()
+    dense_weights: tuple[float, ...] = (0.35, -0.25, 0.3, 0.2)
+    distinct: int = 1_000_000
+    zipf: float = 1.05
+
+
+# Scales chosen for a Criteo-like CTR (0.15-0.35) and a best achievable AUC near 0.8. Measured
+# on 1e5 rows (seed 1, model seed 0), AUC(label, p_true) and, in brackets, the AUC left
+# without the structure a simpler model misses (the pairs; cold_start: the C1..C8 id effects):
+#   mixed 0.798 (0.756), first_order 0.794, pairwise 0.800 (0.667), cold_start 0.804 (0.742);
+#   CTR 0.249, 0.254, 0.285, 0.277.
+WORLDS: dict[World, WorldSpec] = {
+    World.mixed: WorldSpec(bias=-1.5, effects=(0.4,) * 8, pairs=((8, 9),), factor_scale=0.6),
+    World.first_order: WorldSpec(bias=-1.4, effects=(0.42,) * 10, distinct=10_000),
+    World.pairwise: WorldSpec(
+        bias=-1.3,
+        effects=(0.25,) * 8,
+        pairs=((0, 1), (2, 3), (4, 5), (6, 7), (0, 4)),
+        factor_scale=0.5,
+        distinct=10_000,
+    ),
+    World.cold_start: WorldSpec(
+        bias=-1.5,
+        effects=(0.3,) * 8 + (0.35,) * 8,
+        categories=tuple((8 + c, c) for c in range(8)),  # C9..C16: categories of C1..C8
+        dense_weights=(0.35, -0.25, 0.3, 0.2, 0.3, -0.3),
+        distinct=10_000_000,
+        zipf=0.5,
+    ),
+}
 
 
 class Layout(StrEnum):
@@ -90,10 +171,14 @@ class SynthOptions:
         seed: draws the rows (same options -> same bytes).
         model_seed: the planted world: ids, per-id effects, dense distributions. Keep it
             for the eval split of a training log and change `seed`.
+        world: the planted model (see the module docstring); train and eval splits of one
+            world share `world`, `model_seed`, `distinct` and `zipf`.
         layout: column layout (only `criteo` for now).
         format: parquet (with `p_true`) or tsv (raw Criteo).
-        distinct: distinct ids per categorical column: one value for all 26, or 26 values.
-        zipf: exponent s of P(rank k) ~ k^-s (0 = uniform; ~1 for click logs).
+        distinct: distinct ids per categorical column: one value for all 26, or 26 values;
+            None: the world's. A category column's count follows from its parent's.
+        zipf: exponent s of P(rank k) ~ k^-s (0 = uniform; ~1 for click logs); None: the
+            world's.
         missing_rate: chance that a value (any column but the label) is missing.
         row_group_rows: rows per Parquet row group.
         files: number of files; rows are split evenly, in order.
@@ -105,10 +190,11 @@ class SynthOptions:
     rows: int
     seed: int = 0
     model_seed: int = 0
+    world: World = World.mixed
     layout: Layout = Layout.criteo
     format: OutputFormat = OutputFormat.parquet
-    distinct: tuple[int, ...] = (1_000_000,)
-    zipf: float = 1.05
+    distinct: tuple[int, ...] | None = None
+    zipf: float | None = None
     missing_rate: float = 0.05
     row_group_rows: int = 1 << 17
     files: int = 1
@@ -116,12 +202,13 @@ class SynthOptions:
     progress: bool = False
 
     def __post_init__(self) -> None:
+        distinct = (1,) if self.distinct is None else self.distinct
         problems = [
             (self.rows < 1, f"rows={self.rows}: need >= 1"),
             (not 1 <= self.files <= self.rows, f"files={self.files}: need 1 <= files <= rows"),
-            (len(self.distinct) not in (1, len(CATEGORICAL_COLUMNS)), self._distinct_problem()),
-            (min(self.distinct, default=0) < 1, f"distinct={self.distinct}: every count >= 1"),
-            (self.zipf < 0, f"zipf={self.zipf}: need an exponent >= 0"),
+            (len(distinct) not in (1, len(CATEGORICAL_COLUMNS)), self._distinct_problem()),
+            (min(distinct, default=0) < 1, f"distinct={self.distinct}: every count >= 1"),
+            (self.zipf_exponent < 0, f"zipf={self.zipf}: need an exponent >= 0"),
             (not 0 <= self.missing_rate < 1, f"missing_rate={self.missing_rate}: need [0, 1)"),
             (self.row_group_rows < 1, f"row_group_rows={self.row_group_rows}: need >= 1"),
             (self.gzip and self.format is not OutputFormat.tsv, "gzip applies to format=tsv"),
@@ -132,11 +219,26 @@ class SynthOptions:
 
     def _distinct_problem(self) -> str:
         return (
-            f"distinct has {len(self.distinct)} values: give one (for every column) or "
+            f"distinct has {len(self.distinct or ())} values: give one (for every column) or "
             f"{len(CATEGORICAL_COLUMNS)} (one per C column)"
         )
 
+    @property
+    def spec(self) -> WorldSpec:
+        return WORLDS[self.world]
+
+    @property
+    def zipf_exponent(self) -> float:
+        return self.spec.zipf if self.zipf is None else self.zipf
+
     def distinct_of(self, column: int) -> int:
+        """Distinct values column `column` (0 = C1) can hold; a category column's follow from
+        its parent's (one per CATEGORY_RANKS parent ranks), whatever `distinct` says."""
+        parent = dict(self.spec.categories).get(column)
+        if parent is not None:
+            return -(-self.distinct_of(parent) // CATEGORY_RANKS)
+        if self.distinct is None:
+            return self.spec.distinct
         return self.distinct[0] if len(self.distinct) == 1 else self.distinct[column]
 
 
@@ -169,6 +271,34 @@ class SynthReport:
         pairs = self.clicks * (self.rows - self.clicks)
         wins = (self._pos * (neg_below + 0.5 * self._neg)).sum()
         self.auc_p_true = float(wins / pairs) if pairs else float("nan")
+
+    def summary(self, options: SynthOptions) -> dict[str, object]:
+        """What `REPORT_FILE` holds: the log's CTR and best AUC, and the options that made it."""
+        columns = range(len(CATEGORICAL_COLUMNS))
+        return {
+            "rows": self.rows,
+            "clicks": self.clicks,
+            "ctr": self.ctr,
+            "mean_p_true": self.mean_p_true,
+            "auc_p_true": self.auc_p_true,
+            "world": options.world.value,
+            "seed": options.seed,
+            "model_seed": options.model_seed,
+            "distinct": [options.distinct_of(c) for c in columns],
+            "zipf": options.zipf_exponent,
+            "missing_rate": options.missing_rate,
+        }
+
+
+def read_report(folder: str | os.PathLike[str]) -> dict[str, object]:
+    """The summary `write_synthetic` left in `folder` (e.g. an eval split's best AUC)."""
+    path = Path(folder) / REPORT_FILE
+    if not path.exists():
+        raise ConfigError(
+            f"{path} not found: {folder} was not written by `recsys-data synth` (or by a "
+            "version before reports); write it again to get one."
+        )
+    return json.loads(path.read_text())
 
 
 class BoundedZipf:
@@ -277,36 +407,23 @@ class PlantedModel:
     """Draws blocks of rows; per-id weights are hashes, so nothing grows with the id count."""
 
     def __init__(self, options: SynthOptions):
-        self.options = options
+        self.options, self.spec = options, options.spec
         self.zipf = [
-            BoundedZipf(options.distinct_of(c), options.zipf)
+            BoundedZipf(options.distinct_of(c), options.zipf_exponent)
             for c in range(len(CATEGORICAL_COLUMNS))
         ]
+        self.parents = dict(self.spec.categories)
         params = np.random.default_rng([options.model_seed, 0xC0FFEE])  # a few numbers
         self.dense_mu = params.uniform(0.0, 3.0, len(DENSE_COLUMNS))
         self.dense_sigma = params.uniform(0.5, 1.5, len(DENSE_COLUMNS))
 
     def block(self, index: int, n: int = BLOCK_ROWS) -> pa.Table:
         """Block `index`: rows from index * BLOCK_ROWS on; `n` < BLOCK_ROWS for the last one."""
-        opts = self.options
-        rng = np.random.default_rng([opts.seed, index])
-        logit = np.full(n, BIAS)
+        rng = np.random.default_rng([self.options.seed, index])
+        logit = np.full(n, self.spec.bias)
         columns: dict[str, pa.Array] = {}
-        for j, name in enumerate(DENSE_COLUMNS):
-            x = self.dense_mu[j] + self.dense_sigma[j] * rng.standard_normal(n)
-            counts = np.floor(np.exp(x)).astype(np.int64)
-            valid = rng.random(n) >= opts.missing_rate
-            if j < len(DENSE_WEIGHTS):
-                effect = (np.log1p(counts) - self.dense_mu[j]) / self.dense_sigma[j]
-                logit += np.where(valid, DENSE_WEIGHTS[j] * effect, 0.0)
-            columns[name] = _numeric(counts, pa.int64(), valid)
-        ranks = []
-        for c, name in enumerate(CATEGORICAL_COLUMNS):
-            r = self.zipf[c].sample(rng.random(n))
-            valid = rng.random(n) >= opts.missing_rate
-            columns[name] = _hex_ids(r, _key(opts.model_seed, c, 1), self.zipf[c].n, valid)
-            ranks.append(np.where(valid, r, 0))  # rank 0 = missing: no effect below
-        logit += self._id_effects(ranks)
+        self._dense(rng, columns, logit)  # adds in place: the order of the sums is part of p_true
+        logit += self._id_effects(self._ids(rng, n, columns))
         p_true = 1.0 / (1.0 + np.exp(-logit))
         labels = (rng.random(n) < p_true).astype(np.int8)
         arrays = [_numeric(labels, pa.int8()), *(columns[c] for c in ARROW_SCHEMA.names[1:])]
@@ -314,18 +431,48 @@ class PlantedModel:
             [*arrays, _numeric(p_true, pa.float64())], schema=PARQUET_SCHEMA
         )
 
+    def _dense(
+        self, rng: np.random.Generator, columns: dict[str, pa.Array], logit: np.ndarray
+    ) -> None:
+        """Draw I1..I13 into `columns` and add their effects to `logit`."""
+        weights, missing_rate, n = self.spec.dense_weights, self.options.missing_rate, len(logit)
+        for j, name in enumerate(DENSE_COLUMNS):
+            x = self.dense_mu[j] + self.dense_sigma[j] * rng.standard_normal(n)
+            counts = np.floor(np.exp(x)).astype(np.int64)
+            valid = rng.random(n) >= missing_rate
+            if j < len(weights):
+                effect = (np.log1p(counts) - self.dense_mu[j]) / self.dense_sigma[j]
+                logit += np.where(valid, weights[j] * effect, 0.0)
+            columns[name] = _numeric(counts, pa.int64(), valid)
+
+    def _ids(
+        self, rng: np.random.Generator, n: int, columns: dict[str, pa.Array]
+    ) -> list[np.ndarray]:
+        """Draw C1..C26 into `columns`; return each column's ranks, 0 where missing."""
+        model_seed, missing_rate = self.options.model_seed, self.options.missing_rate
+        drawn, ranks = [], []
+        for c, name in enumerate(CATEGORICAL_COLUMNS):
+            r = self.zipf[c].sample(rng.random(n))
+            if c in self.parents:  # a category, set by the parent's rank (present or missing);
+                # its own draw above still happens so every world reads the random stream alike
+                r = (drawn[self.parents[c]] - 1) // CATEGORY_RANKS + 1
+            valid = rng.random(n) >= missing_rate
+            columns[name] = _hex_ids(r, _key(model_seed, c, 1), self.zipf[c].n, valid)
+            drawn.append(r)
+            ranks.append(np.where(valid, r, 0))  # rank 0 = missing: no effect below
+        return ranks
+
     def _id_effects(self, ranks: list[np.ndarray]) -> np.ndarray:
-        seed = self.options.model_seed
+        seed, spec = self.options.model_seed, self.spec
         out = np.zeros(len(ranks[0]))
-        for c in range(EFFECT_COLUMNS):
-            out += np.where(
-                ranks[c] > 0, EFFECT_SCALE * _hashed_normal(ranks[c], _key(seed, c, 2)), 0
-            )
-        a, b = PAIR_COLUMNS
-        for t in range(PAIR_RANK):
-            u = _hashed_normal(ranks[a], _key(seed, a, 3, t))
-            v = _hashed_normal(ranks[b], _key(seed, b, 4, t))
-            out += np.where((ranks[a] > 0) & (ranks[b] > 0), PAIR_SCALE**2 * u * v, 0)
+        for c, scale in enumerate(spec.effects):
+            out += np.where(ranks[c] > 0, scale * _hashed_normal(ranks[c], _key(seed, c, 2)), 0)
+        for a, b in spec.pairs:
+            both = (ranks[a] > 0) & (ranks[b] > 0)
+            for t in range(spec.pair_rank):
+                u = _hashed_normal(ranks[a], _key(seed, a, 3, t))
+                v = _hashed_normal(ranks[b], _key(seed, b, 4, t))
+                out += np.where(both, spec.factor_scale**2 * u * v, 0)
         return out
 
 
@@ -343,7 +490,7 @@ def file_names(options: SynthOptions) -> list[str]:
 
 
 def write_synthetic(options: SynthOptions) -> SynthReport:
-    """Write the synthetic log described by `options`; return its CTR and best AUC."""
+    """Write the synthetic log described by `options` and its `REPORT_FILE`; return the report."""
     report = SynthReport(files=file_names(options))
     stream = RowStream(_rows(PlantedModel(options), options.rows))
     with tqdm(total=options.rows, unit="row", disable=not options.progress) as bar:
@@ -353,6 +500,8 @@ def write_synthetic(options: SynthOptions) -> SynthReport:
                 _write_file(stream, tmp, rows, options, report, bar)
             logger.info("wrote %s rows to %s", f"{rows:,}", path)
     report.finish()
+    with atomic_path(os.path.join(options.out, REPORT_FILE)) as tmp:
+        tmp.write_text(json.dumps(report.summary(options), indent=2) + "\n")
     return report
 
 

@@ -7,7 +7,7 @@ Each (data set, candidate, seed) trains in a process of its own through `recsys.
 .run` (tracking and export off), so one run cannot leak threads or state into the next. The
 report gives per candidate valid/auc and eval/auc as mean ± sd over seeds, and for synthetic
 worlds the share of the achievable lift, (AUC - 0.5) / (best - 0.5), where best is the AUC of
-the planted click probability `p_true` on the eval split (`report.json` beside the files).
+the planted click probability `p_true` on the eval split (`_report.json` beside the files).
 
 Candidates are compared on validation (valid/auc: the held-out tail of the training rows);
 eval is reported, never used to choose.
@@ -44,7 +44,7 @@ CANDIDATES: dict[str, list[str]] = {
 class Dataset:
     name: str
     overrides: list[str]
-    world: str | None = None  # synthetic: the planted world (best AUC from its report.json)
+    world: str | None = None  # synthetic: the planted world (best AUC from its _report.json)
     fetched: bool = False  # `recsys-data <name>` fetches it into data/<name>/
 
     def prepare(self) -> None:
@@ -57,8 +57,9 @@ class Dataset:
     def best_auc(self) -> float | None:
         if self.world is None:
             return None
-        report = json.loads((SYNTH_ROOT / self.world / "eval" / "report.json").read_text())
-        return float(report["auc_p_true"])
+        from data_tools.synth import read_report
+
+        return float(read_report(SYNTH_ROOT / self.world / "eval")["auc_p_true"])
 
 
 def _synth_dataset(world: str) -> Dataset:
@@ -76,11 +77,11 @@ DATASETS: dict[str, Dataset] = {
 
 def _synth_world(world: str) -> None:
     """Train (seed 0) and eval (seed 1) logs of one planted world, written once."""
-    from data_tools.synth import SynthOptions, World, write_synthetic
+    from data_tools.synth import REPORT_FILE, SynthOptions, World, write_synthetic
 
     for split, rows, seed in (("train", SYNTH_TRAIN_ROWS, 0), ("eval", SYNTH_EVAL_ROWS, 1)):
         out = SYNTH_ROOT / world / split
-        if not (out / "report.json").exists():
+        if not (out / REPORT_FILE).exists():
             write_synthetic(SynthOptions(out=str(out), rows=rows, seed=seed, world=World(world)))
 
 

@@ -3,7 +3,7 @@
 Usage::
 
     recsys-data movielens [--data-dir data/movielens] [--force]
-    recsys-data synth --out DIR --rows N [--format parquet|tsv] [--distinct N[,N...]] ...
+    recsys-data synth --out DIR --rows N [--world W] [--format parquet|tsv] [--distinct N[,N...]] ...
     recsys-data criteo-to-parquet SRC DST [--row-group-rows N] [--skip-bad-lines]
     recsys-data stats [hydra overrides, e.g. data=criteo data.train_path=...] [--json PATH]
     recsys-data infer-schema FILE... [--name NAME] [--label COL] [--out conf/data/NAME.yaml]
@@ -95,11 +95,22 @@ def _add_infer(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_synth(commands: argparse._SubParsersAction) -> None:
+    from data_tools.synth import REPORT_FILE, WORLDS, World
+
     synth = commands.add_parser(
         "synth",
         help="write a synthetic Criteo-layout click log drawn from a planted model",
-        description="Write a synthetic click log (Parquet with p_true, or raw Criteo TSV). "
-        "Deterministic per seed; streamed, so any number of rows fits in memory.",
+        description="Write a synthetic click log (Parquet with p_true, or raw Criteo TSV) and "
+        f"{REPORT_FILE} (CTR, best AUC). Deterministic per seed; streamed, so any number of rows "
+        "fits in memory. Worlds (planted models) are described in data_tools/synth.py.",
+    )
+    synth.add_argument(
+        "--world",
+        choices=[w.value for w in World],
+        default=World.mixed.value,
+        help="the planted model: mixed (per-id effects and one interacting pair), first_order "
+        "(per-id effects only), pairwise (five interacting pairs), cold_start (rare ids, "
+        "frequent category columns) (default: %(default)s)",
     )
     synth.add_argument("--out", required=True, help="output folder (part-00000.parquet, ...)")
     synth.add_argument("--rows", type=_count, required=True, help="rows in all (e.g. 1e6)")
@@ -111,13 +122,14 @@ def _add_synth(commands: argparse._SubParsersAction) -> None:
         help="the planted world (ids, effects); keep it and change --seed for an eval split",
     )
     synth.add_argument("--format", choices=["parquet", "tsv"], default="parquet")
+    defaults = ", ".join(f"{w}: {s.distinct:.0e}, {s.zipf}" for w, s in WORLDS.items())
     synth.add_argument(
         "--distinct",
         type=_counts,
-        default=(1_000_000,),
-        help="distinct ids per C column: one count, or 26 comma-separated (default 1e6)",
+        help="distinct ids per C column: one count, or 26 comma-separated (default: the "
+        "world's; distinct and Zipf exponent per world: " + defaults + ")",
     )
-    synth.add_argument("--zipf", type=float, default=1.05, help="Zipf exponent (default 1.05)")
+    synth.add_argument("--zipf", type=float, help="Zipf exponent (default: the world's)")
     synth.add_argument("--missing-rate", type=float, default=0.05)
     synth.add_argument("--row-group-rows", type=_count, default=1 << 17)
     synth.add_argument("--files", type=_count, default=1, help="rows are split over N files")
@@ -268,13 +280,14 @@ def _check_composes(out: Path, name: str) -> None:
 
 
 def _synth(args: argparse.Namespace) -> None:
-    from data_tools.synth import OutputFormat, SynthOptions, write_synthetic
+    from data_tools.synth import REPORT_FILE, OutputFormat, SynthOptions, World, write_synthetic
 
     options = SynthOptions(
         out=args.out,
         rows=args.rows,
         seed=args.seed,
         model_seed=args.model_seed,
+        world=World(args.world),
         format=OutputFormat(args.format),
         distinct=args.distinct,
         zipf=args.zipf,
@@ -285,7 +298,8 @@ def _synth(args: argparse.Namespace) -> None:
         progress=sys.stderr.isatty(),
     )
     report = write_synthetic(options)
-    print(f"wrote {report.rows:,} rows in {len(report.files)} file(s) under {args.out}")
+    print(f"wrote {report.rows:,} rows of world {options.world} in {len(report.files)} file(s)")
+    print(f"  under {args.out}, with the summary below in {REPORT_FILE}")
     print(f"  CTR {report.ctr:.4f} (mean p_true {report.mean_p_true:.4f})")
     print(f"  best achievable AUC = AUC(label, p_true) = {report.auc_p_true:.4f}")
 

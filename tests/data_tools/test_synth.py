@@ -1,8 +1,10 @@
-"""Tests for `recsys-data synth` (data_tools.synth): determinism, Zipf skew, planted labels."""
+"""Tests for `recsys-data synth` (data_tools.synth): determinism, Zipf skew, planted labels,
+the worlds' structure, the report beside the data and the `data=synth` config."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import tracemalloc
 from pathlib import Path
 
@@ -13,22 +15,36 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
+import scipy.sparse as sparse
 import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.preprocessing import OneHotEncoder
 
-from data_tools.criteo import COLUMNS
+from data_tools.criteo import CATEGORICAL_COLUMNS, COLUMNS, DENSE_COLUMNS
 from data_tools.synth import (
     BLOCK_ROWS,
+    CATEGORY_RANKS,
     HEAD_RANKS,
     P_TRUE,
+    REPORT_FILE,
+    WORLDS,
     BoundedZipf,
     OutputFormat,
+    PlantedModel,
     SynthOptions,
     SynthReport,
+    World,
+    read_report,
     write_synthetic,
 )
 from recsys.cli.data import main
+from recsys.compose import load_config
 from recsys.config import ConfigError
+from recsys.data.loader import LoaderOptions, StreamingDataset
+from recsys.data.source import SourceFormat
 from recsys.metrics.binary import auc
+from recsys.schema import resolve_schema
 
 ROWS = BLOCK_ROWS + 4_321  # crosses a block boundary and ends inside a block
 
@@ -206,6 +222,7 @@ def test_memory_does_not_grow_with_rows(tmp_path: Path) -> None:
         ({"missing_rate": 1.0}, "missing_rate"),
         ({"files": 0}, "files"),
         ({"gzip": True}, "gzip"),
+        ({"zipf": -0.5}, "zipf"),
     ],
 )
 def test_bad_options_name_the_option(kwargs: dict, key: str) -> None:
@@ -220,3 +237,157 @@ def test_cli_prints_ctr_and_best_auc(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert pq.read_metadata(tmp_path / "part-00000.parquet").num_rows == 2_000
     assert main(["synth", "--out", str(tmp_path), "--rows", "10", "--distinct", "1,2,3"]) == 2
     assert "distinct has 3 values" in capsys.readouterr().err
+
+
+def test_cli_world_and_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    args = [
+        "synth",
+        "--out",
+        str(tmp_path),
+        "--rows",
+        "500",
+        "--world",
+        "cold_start",
+        "--seed",
+        "3",
+    ]
+    assert main(args) == 0
+    assert "world cold_start" in capsys.readouterr().out
+    report = read_report(tmp_path)
+    assert (report["world"], report["seed"], report["rows"]) == ("cold_start", 3, 500)
+    assert report["distinct"][0] == WORLDS[World.cold_start].distinct
+    with pytest.raises(SystemExit):
+        main(["synth", "--out", str(tmp_path), "--rows", "5", "--world", "flat"])
+    with pytest.raises(ConfigError, match="not written by `recsys-data synth`"):
+        read_report(tmp_path / "elsewhere")
+
+
+# ---- worlds ----------------------------------------------------------------------------------
+
+WORLD_ROWS = 3_000
+
+
+def _write(out: Path, world: World, rows: int = WORLD_ROWS, **kwargs) -> pa.Table:
+    report = write_synthetic(SynthOptions(out=str(out), rows=rows, world=world, **kwargs))
+    return _read(report)
+
+
+def test_default_world_is_the_original_model_pinned() -> None:
+    """The default (mixed) world's rows, pinned by digest: worlds must not change its bytes."""
+    table = PlantedModel(SynthOptions(out="unused", rows=2_000, distinct=(100,))).block(0, 2_000)
+    digest = hashlib.sha256()
+    for column in ("label", "I1", "C1", "C10", P_TRUE):
+        for buffer in table.column(column).combine_chunks().buffers():
+            digest.update(b"" if buffer is None else buffer.to_pybytes())
+    assert digest.hexdigest()[:16] == "281d50729a1243fd"  # the original model's
+    assert SynthOptions(out="x", rows=1).world is World.mixed
+
+
+@pytest.mark.parametrize("world", list(World))
+def test_each_world_is_deterministic(tmp_path: Path, world: World) -> None:
+    first = write_synthetic(SynthOptions(out=str(tmp_path / "a"), rows=WORLD_ROWS, world=world))
+    again = write_synthetic(SynthOptions(out=str(tmp_path / "b"), rows=WORLD_ROWS, world=world))
+    assert _sha(first.files[0]) == _sha(again.files[0])
+    assert 0.15 < first.ctr < 0.35 and first.auc_p_true > 0.7
+
+
+def test_worlds_share_the_counts_and_differ_in_labels(tmp_path: Path) -> None:
+    tables = {w: _write(tmp_path / w, w, distinct=(1_000,)) for w in World}
+    mixed = tables[World.mixed]
+    for world, table in tables.items():
+        assert table.column_names == [*COLUMNS, P_TRUE]
+        assert table.select(DENSE_COLUMNS).equals(mixed.select(DENSE_COLUMNS))
+        if world is not World.mixed:
+            p_true = table.column(P_TRUE).to_numpy()
+            assert np.abs(p_true - mixed.column(P_TRUE).to_numpy()).mean() > 0.05, world
+
+
+def test_report_file_matches_the_data(tmp_path: Path) -> None:
+    table = _write(tmp_path, World.pairwise, seed=5, model_seed=2)
+    saved = json.loads((tmp_path / REPORT_FILE).read_text())
+    labels = table.column("label").to_numpy().astype(np.float64)
+    exact = auc(torch.tensor(labels), torch.tensor(table.column(P_TRUE).to_numpy()))
+    assert saved["auc_p_true"] == pytest.approx(float(exact), abs=1e-3)  # 2^16 histogram bins
+    assert saved["ctr"] == pytest.approx(labels.mean(), abs=1e-12)
+    assert (saved["rows"], saved["clicks"]) == (WORLD_ROWS, int(labels.sum()))
+    assert saved["mean_p_true"] == pytest.approx(table.column(P_TRUE).to_numpy().mean())
+    assert (saved["world"], saved["seed"], saved["model_seed"]) == ("pairwise", 5, 2)
+    assert saved["distinct"] == [WORLDS[World.pairwise].distinct] * len(CATEGORICAL_COLUMNS)
+
+
+def _seen_share(train: pa.Table, eval_: pa.Table, column: str) -> float:
+    """Share of eval rows (with a value) whose `column` value appears in train."""
+    values = eval_.column(column).drop_null()
+    return pc.mean(pc.is_in(values, value_set=pc.unique(train.column(column)))).as_py()
+
+
+def test_cold_start_eval_ids_are_new_but_categories_are_not(tmp_path: Path) -> None:
+    seen = {}
+    for world in (World.cold_start, World.pairwise):
+        train = _write(tmp_path / world / "train", world, rows=20_000)
+        eval_ = _write(tmp_path / world / "eval", world, seed=1)
+        seen[world] = {c: _seen_share(train, eval_, c) for c in ("C1", "C9")}
+    # measured here: cold_start C1 0.005, C9 0.83; pairwise C1 0.87 (with 5e5 training rows
+    # and 1e5 eval rows: 0.097, 1.000 and 1.000)
+    assert seen[World.cold_start]["C1"] < 0.05 and seen[World.pairwise]["C1"] > 0.8, seen
+    assert seen[World.cold_start]["C9"] > 0.75, seen  # the category column: frequent values
+
+
+def test_cold_start_category_is_a_function_of_the_id(tmp_path: Path) -> None:
+    table = _write(tmp_path, World.cold_start, distinct=(20_000,), missing_rate=0.0)
+    pairs = table.group_by("C1").aggregate([("C9", "count_distinct")])
+    assert pc.max(pairs.column("C9_count_distinct")).as_py() == 1
+    categories = -(-20_000 // CATEGORY_RANKS)
+    assert len(pc.unique(table.column("C9"))) <= categories < len(pc.unique(table.column("C1")))
+
+
+def _numpy(table: pa.Table, columns: tuple[str, ...]) -> np.ndarray:
+    return np.stack([table.column(c).to_numpy(zero_copy_only=False) for c in columns], axis=1)
+
+
+def _linear_features(table: pa.Table, encoder: OneHotEncoder) -> sparse.csr_matrix:
+    """One-hot ids and log counts; a missing count gets the column mean (no effect, as planted)."""
+    dense = np.log1p(_numpy(table, DENSE_COLUMNS).astype(np.float64))
+    dense = np.where(np.isnan(dense), np.nanmean(dense, axis=0), dense)
+    ids = encoder.transform(_numpy(table, CATEGORICAL_COLUMNS).astype(str))
+    return sparse.hstack([ids, sparse.csr_matrix(dense)]).tocsr()
+
+
+def _logistic_regression_auc(train: pa.Table, eval_: pa.Table) -> float:
+    """Eval AUC of a logistic regression fitted on `train`: the model of world first_order."""
+    encoder = OneHotEncoder(handle_unknown="ignore")
+    encoder.fit(_numpy(train, CATEGORICAL_COLUMNS).astype(str))
+    model = LogisticRegression(max_iter=1_000)
+    model.fit(_linear_features(train, encoder), train.column("label").to_numpy())
+    scores = model.predict_proba(_linear_features(eval_, encoder))[:, 1]
+    return roc_auc_score(eval_.column("label").to_numpy(), scores)
+
+
+# Measured gaps AUC(p_true) - AUC(regression): first_order 0.016, pairwise 0.129 (mixed 0.059).
+@pytest.mark.parametrize(
+    ("world", "low", "high"), [(World.first_order, 0.0, 0.03), (World.pairwise, 0.08, 1.0)]
+)
+def test_a_linear_model_reaches_p_true_only_without_interactions(
+    tmp_path: Path, world: World, low: float, high: float
+) -> None:
+    """20 ids per column, so 20,000 rows estimate every effect: what is left is structure."""
+    train = _write(tmp_path / "train", world, rows=20_000, distinct=(20,))
+    eval_ = _write(tmp_path / "eval", world, rows=20_000, seed=1, distinct=(20,))
+    best = read_report(tmp_path / "eval")["auc_p_true"]
+    gap = best - _logistic_regression_auc(train, eval_)
+    assert low <= gap <= high, (world, best, gap)
+
+
+def test_synth_config_reads_a_batch_through_the_loader(tmp_path: Path) -> None:
+    write_synthetic(SynthOptions(out=str(tmp_path), rows=300, world=World.cold_start))
+    data = load_config(["data=synth", f"data.train_path={tmp_path}"]).data
+    schema = resolve_schema(data, 16)
+    assert P_TRUE not in schema.columns and set(schema.columns) == set(COLUMNS)
+    assert all(t.num_buckets == data.default_num_buckets for t in schema.tables)
+    assert "recsys-data synth --world" in data.prepare_hint
+    options = LoaderOptions(batch_size=64, source=SourceFormat.from_config(data))
+    batch = next(iter(StreamingDataset(data.train_path, schema, options)))
+    assert batch.dense.shape == (64, len(DENSE_COLUMNS))
+    assert batch.sparse.keys() == list(CATEGORICAL_COLUMNS)
+    labels = pq.read_table(tmp_path, columns=["label"]).column("label").to_numpy()[:64]
+    assert batch.labels.numpy().tolist() == labels.astype(np.float32).tolist()
