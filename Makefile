@@ -19,13 +19,15 @@ SYNTH_ROWS ?= 1000000
 SYNTH_EVAL_ROWS ?= 200000
 # make tune: Optuna trials, and the search space conf/tune/$(TUNE).yaml (or --config-dir's).
 TRIALS ?= 20
+# make bench-quality: trainer seeds per (data set, model).
+SEEDS ?= 0,1,2
 TUNE ?= default
 # Fetch MovieLens unless ARGS picks another data set or points at other files.
 OTHER_DATA := $(findstring data.train_path=,$(ARGS))$(if $(findstring data=,$(ARGS)),$(if $(findstring data=movielens,$(ARGS)),,other))
 NEEDS_MOVIELENS := $(if $(OTHER_DATA),,yes)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data data-synth train sweep tune test test-full bench bench-data lint fmt ui serve clean
+.PHONY: help setup data data-synth train sweep tune test test-full bench bench-data bench-quality lint fmt ui serve clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -76,6 +78,9 @@ bench: setup ## benchmarks: hashing, loader rows/s, loader-vs-memory training ra
 
 bench-data: setup ## data benchmarks only: hashing ids/s and loader rows/s (Parquet, TSV)
 	$(BIN)/python -m recsys.bench --only data
+
+bench-quality: setup ## defaults vs hashed LR vs FM on MovieLens, adult, 3 synthetic worlds; mean +- sd over SEEDS
+	$(BIN)/python -m recsys.bench.quality --seeds $(SEEDS) $(ARGS)
 
 lint: setup ## ruff lint and format check
 	$(BIN)/ruff check .

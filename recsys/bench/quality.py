@@ -41,48 +41,75 @@ CANDIDATES: dict[str, list[str]] = {
 
 
 @dataclass(frozen=True)
+class SynthLog:
+    """Train (seed 0) and eval (seed 1) logs of one planted world, in their own folder."""
+
+    world: str
+    distinct: int | None = None  # ids per column; None: the world's own
+    train_rows: int = SYNTH_TRAIN_ROWS
+    eval_rows: int = SYNTH_EVAL_ROWS
+
+    @property
+    def folder(self) -> Path:
+        return SYNTH_ROOT / f"{self.world}-{self.distinct or 'default'}-{self.train_rows}"
+
+    def write(self) -> None:
+        """Written once; reused by every later study."""
+        from data_tools.synth import REPORT_FILE, SynthOptions, World, write_synthetic
+
+        distinct = None if self.distinct is None else (self.distinct,)
+        for split, rows, seed in (("train", self.train_rows, 0), ("eval", self.eval_rows, 1)):
+            out = self.folder / split
+            if not (out / REPORT_FILE).exists():
+                options = SynthOptions(
+                    out=str(out), rows=rows, seed=seed, world=World(self.world), distinct=distinct
+                )
+                write_synthetic(options)
+
+    def best_auc(self) -> float:
+        from data_tools.synth import read_report
+
+        return float(read_report(self.folder / "eval")["auc_p_true"])
+
+
+@dataclass(frozen=True)
 class Dataset:
     name: str
     overrides: list[str]
-    world: str | None = None  # synthetic: the planted world (best AUC from its _report.json)
+    synth: SynthLog | None = None  # synthetic: its planted world (best AUC from _report.json)
     fetched: bool = False  # `recsys-data <name>` fetches it into data/<name>/
 
     def prepare(self) -> None:
         """Fetch or generate the files on first use (as `make train` would)."""
-        if self.world is not None:
-            _synth_world(self.world)
+        if self.synth is not None:
+            self.synth.write()
         elif self.fetched and not Path(f"data/{self.name}/train.parquet").exists():
             subprocess.run([sys.executable, "-m", "recsys.cli.data", self.name], check=True)
 
     def best_auc(self) -> float | None:
-        if self.world is None:
-            return None
-        from data_tools.synth import read_report
-
-        return float(read_report(SYNTH_ROOT / self.world / "eval")["auc_p_true"])
+        return None if self.synth is None else self.synth.best_auc()
 
 
-def _synth_dataset(world: str) -> Dataset:
-    folder = SYNTH_ROOT / world
-    paths = [f"data.train_path={folder / 'train'}", f"data.eval_path={folder / 'eval'}"]
-    return Dataset(f"synth-{world}", ["data=synth", *paths], world)
+def _synth_dataset(log: SynthLog) -> Dataset:
+    paths = [f"data.train_path={log.folder / 'train'}", f"data.eval_path={log.folder / 'eval'}"]
+    return Dataset(f"synth-{log.world}", ["data=synth", *paths], log)
 
+
+#: Synthetic worlds where ids recur (1,000 per column, ~200 rows each): the planted structure
+#: is learnable from the rows, so p_true's AUC is a fair target; cold_start keeps its own
+#: 10^7 ids per column, most of them unseen in training.
+SYNTH_LOGS = (
+    SynthLog("first_order", 1000),
+    SynthLog("pairwise", 1000),
+    SynthLog("mixed", 1000),
+    SynthLog("cold_start"),
+)
 
 DATASETS: dict[str, Dataset] = {
     "movielens": Dataset("movielens", ["data=movielens"], fetched=True),
     "adult": Dataset("adult", ["data=adult"], fetched=True),
-    **{f"synth-{w}": _synth_dataset(w) for w in ("first_order", "pairwise", "cold_start")},
+    **{f"synth-{log.world}": _synth_dataset(log) for log in SYNTH_LOGS},
 }
-
-
-def _synth_world(world: str) -> None:
-    """Train (seed 0) and eval (seed 1) logs of one planted world, written once."""
-    from data_tools.synth import REPORT_FILE, SynthOptions, World, write_synthetic
-
-    for split, rows, seed in (("train", SYNTH_TRAIN_ROWS, 0), ("eval", SYNTH_EVAL_ROWS, 1)):
-        out = SYNTH_ROOT / world / split
-        if not (out / REPORT_FILE).exists():
-            write_synthetic(SynthOptions(out=str(out), rows=rows, seed=seed, world=World(world)))
 
 
 @dataclass
@@ -134,13 +161,33 @@ def _run_one(request: dict) -> None:
     print(json.dumps(metrics))
 
 
+class RunCache:
+    """Finished runs by their exact overrides, in a JSON file: a study stopped or widened
+    later reruns only what it has not measured (same code, same data files)."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.runs = json.loads(path.read_text()) if path and path.exists() else {}
+
+    def get(self, overrides: list[str], config_dir: str | None) -> dict[str, float]:
+        key = shlex.join([*(["--config-dir", config_dir] if config_dir else []), *overrides])
+        if key not in self.runs:
+            self.runs[key] = train_once(overrides, config_dir)
+            if self.path is not None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.path.write_text(json.dumps(self.runs, indent=1))
+        return self.runs[key]
+
+
 def study(
     datasets: list[Dataset],
     candidates: dict[str, list[str]],
     seeds: list[int],
     tuned: dict[str, str],
+    cache: RunCache | None = None,
 ) -> list[Cell]:
     """Every cell, seeds innermost; prints each run as it ends."""
+    cache = cache or RunCache(None)
     cells = []
     for data in datasets:
         data.prepare()
@@ -151,7 +198,7 @@ def study(
             extra = ["+experiment=best"] if config_dir else []
             for seed in seeds:
                 args = [*data.overrides, *overrides, *extra, f"trainer.seed={seed}"]
-                cell.runs.append(train_once(args, config_dir))
+                cell.runs.append(cache.get(args, config_dir))
                 shown = ", ".join(f"{m} {cell.runs[-1].get(m, float('nan')):.4f}" for m in METRICS)
                 print(f"  {data.name:<18} {name:<12} seed {seed}: {shown}", flush=True)
             cells.append(cell)
@@ -200,6 +247,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tuned", action="append", default=[], help="DATA=SWEEP_DIR (best.yaml)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--json", type=Path, default=Path("outputs/bench/quality.json"))
+    parser.add_argument(
+        "--cache", type=Path, help="JSON of finished runs, reused and extended (default: none)"
+    )
     args = parser.parse_args(argv)
     if args.one:
         _run_one(json.loads(args.one))
@@ -211,7 +261,8 @@ def main(argv: list[str] | None = None) -> None:
     candidates = {c: CANDIDATES[c] for c in args.candidates.split(",") if c} | extra
     datasets = [DATASETS[d] for d in args.datasets.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
-    cells = study(datasets, candidates, seeds, _key_values(args.tuned, "--tuned"))
+    tuned = _key_values(args.tuned, "--tuned")
+    cells = study(datasets, candidates, seeds, tuned, RunCache(args.cache))
     print(table(cells, DATASETS))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     report = [{"dataset": c.dataset, "candidate": c.candidate, "runs": c.runs} for c in cells]
