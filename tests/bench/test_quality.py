@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+import shlex
 
 import pytest
 
-from recsys.bench.quality import Cell, Dataset, lift, study, table
+from recsys.bench.quality import Cell, Dataset, RunCache, lift, study, table
 from tests.synthetic import write_tiny_log
 
 
@@ -14,7 +15,7 @@ from tests.synthetic import write_tiny_log
 def test_study_trains_each_candidate_and_seed_and_reports_validation(tmp_path) -> None:
     log = write_tiny_log(tmp_path)
     tiny = Dataset("tiny", [*log.overrides, "trainer.epochs=1"])
-    cells = study([tiny], {"lr": ["model=lr"], "defaults": []}, seeds=[0], tuned={})
+    cells = study([tiny], {"lr": [["model=lr"]], "defaults": [[]]}, seeds=[0], tuned={})
     assert [(c.dataset, c.candidate, len(c.runs)) for c in cells] == [
         ("tiny", "lr", 1),
         ("tiny", "defaults", 1),
@@ -33,3 +34,20 @@ def test_cell_statistics_and_lift_share() -> None:
     assert mean == pytest.approx(0.71) and sd == pytest.approx(0.0141421, rel=1e-4)
     assert all(math.isnan(x) for x in cell.stat("valid/auc"))
     assert lift(0.7, best=0.8) == pytest.approx(2 / 3) and lift(0.7, best=None) is None
+
+
+def test_a_candidate_keeps_the_setting_better_on_validation_never_eval() -> None:
+    data = Dataset("d", ["data=movielens"])
+    cache = RunCache(None)
+    measured = {  # setting -> seed -> (valid, eval): "fast" wins on eval, "slow" on valid
+        "trainer.lr=0.1": {0: (0.70, 0.80), 1: (0.71, 0.81)},
+        "trainer.lr=0.001": {0: (0.75, 0.60), 1: (0.74, 0.61)},
+    }
+    for setting, by_seed in measured.items():
+        for seed, (valid, evaluation) in by_seed.items():
+            key = shlex.join(["data=movielens", setting, f"trainer.seed={seed}"])
+            cache.runs[key] = {"valid/auc": valid, "eval/auc": evaluation}
+    settings = [["trainer.lr=0.1"], ["trainer.lr=0.001"]]
+    (cell,) = study([data], {"m": settings}, seeds=[0, 1], tuned={}, cache=cache)
+    assert cell.overrides == ["trainer.lr=0.001"]
+    assert [r["eval/auc"] for r in cell.runs] == [0.60, 0.61]
