@@ -72,7 +72,7 @@ def test_config_problem_names_key_and_valid_values() -> None:
     assert problem is not None
     assert "trainer.early_stopping.metric" in problem and "log_loss" in problem
     problem = config_problem(["model.name=dlrmm"])
-    assert problem is not None and "model.name" in problem and "[dlrm, dcn, mf]" in problem
+    assert problem is not None and "model.name" in problem and "[dlrm, dcn, mf, fm, lr]" in problem
     problem = config_problem(["trainer.resume=latest", "trainer.warm_start=latest"])
     assert problem is not None and "trainer.warm_start" in problem
     # A sweep starts no single run: each job's run(cfg) validates its own config.

@@ -90,6 +90,8 @@ def test_missing_tower_names_the_config_key() -> None:
 def test_unknown_model_lists_the_known_ones() -> None:
     cfg = load_config([])
     schema = resolve_schema(cfg.data, cfg.model.embedding_dim)
-    cfg.model.name = "fm"  # Hydra refuses it at composition; a config built in Python may not
-    with pytest.raises(ConfigError, match=r"model\.name='fm'.*\['dcn', 'dlrm', 'mf'\]"):
+    cfg.model.name = "ffm"  # Hydra refuses it at composition; a config built in Python may not
+    with pytest.raises(
+        ConfigError, match=r"model\.name='ffm'.*\['dcn', 'dlrm', 'fm', 'lr', 'mf'\]"
+    ):
         head_config(schema, cfg.model)
