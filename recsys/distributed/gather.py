@@ -5,20 +5,29 @@ hold different numbers of rows (uneven files, padding dropped), so it first agre
 pads to the longest, gathers, then trims: one collective for any row count.
 `gather_objects` / `broadcast_object` move small Python values (loader progress, RNG states,
 paths); they are no-ops in a world of one.
+`local_shards` / `export_group` are the opposite: what a rank writes of a sharded table itself
+(its own rows, at their offsets), so that nothing is moved at all (recsys.export.tables).
 """
 
 from __future__ import annotations
 
+import os
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed._shard.sharded_tensor import ShardedTensor
+from torch.distributed.tensor import DTensor
+from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+from recsys.export.tables import ExportGroup, TableShards
 
 if TYPE_CHECKING:
     from recsys.distributed.env import DistEnv
 
 
-def _collective_device(group: dist.ProcessGroup | None = None) -> torch.device:
+def collective_device(group: dist.ProcessGroup | None = None) -> torch.device:
     """Device the group's backend communicates on: CUDA for NCCL, CPU otherwise (gloo)."""
     if dist.get_backend(group) == dist.Backend.NCCL:
         return torch.device("cuda", torch.cuda.current_device())
@@ -39,7 +48,7 @@ def all_gather_rows(rows: torch.Tensor, group: dist.ProcessGroup | None = None) 
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
         return rows.cpu()
-    device = _collective_device(group)
+    device = collective_device(group)
     world = dist.get_world_size(group)
     length = torch.tensor([rows.shape[1]], dtype=torch.int64, device=device)
     lengths = [torch.empty_like(length) for _ in range(world)]
@@ -68,3 +77,39 @@ def gather_objects(obj: Any, env: DistEnv) -> list[Any]:
     parts: list[Any] = [None] * env.world_size
     dist.all_gather_object(parts, obj)
     return parts
+
+
+def local_shards(value: Any, env: DistEnv) -> TableShards:
+    """The blocks of a [rows, columns] table state entry this rank holds: its ShardedTensor
+    shards (table-, row-, column-wise) or DTensor part at their offsets; a replicated table
+    (data_parallel, a plain tensor on every rank) is rank 0's to write. Views: nothing copied."""
+    with warnings.catch_warnings():  # ShardedTensor's deprecation, nothing a user can act on
+        warnings.simplefilter("ignore", FutureWarning)
+        return _local_shards(value, env)
+
+
+def _local_shards(value: Any, env: DistEnv) -> TableShards:
+    shape = (int(value.size(0)), int(value.size(1)))
+    if isinstance(value, ShardedTensor):
+        blocks = [
+            (s.metadata.shard_offsets[0], s.metadata.shard_offsets[1], s.tensor)
+            for s in value.local_shards()
+        ]
+    elif isinstance(value, DTensor):
+        _, offsets = compute_local_shape_and_global_offset(
+            value.shape, value.device_mesh, value.placements
+        )
+        replicated = all(p.is_replicate() for p in value.placements)
+        mine = env.is_main or not replicated
+        blocks = [(int(offsets[0]), int(offsets[1]), value.to_local())] if mine else []
+    else:
+        blocks = [(0, 0, value)] if env.is_main else []
+    return TableShards(shape, blocks)
+
+
+def export_group(env: DistEnv) -> ExportGroup:
+    """All ranks, writing one export together (its staging folder named by rank 0's pid)."""
+    if env.world_size == 1:
+        return ExportGroup()
+    token = str(broadcast_object(os.getpid(), env))
+    return ExportGroup(env.rank, env.world_size, dist.barrier, token)

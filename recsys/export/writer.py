@@ -1,4 +1,4 @@
-"""Writing the serving export from a trained model's full (unsharded) state."""
+"""Writing the serving export from a trained model's weights, whole or sharded over ranks."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +27,22 @@ from recsys.export.manifest import (
     FORMAT_VERSION,
     HASH_RULE,
     MANIFEST_FILE,
+    Manifest,
+    load_array,
     lookup_entries,
     sha256_file,
     source_entry,
 )
-from recsys.export.quantize import ROW_PARAMS_LAYOUT, encode, first_order_dtype
+from recsys.export.quantize import ROW_PARAMS_LAYOUT, Rows, encode, first_order_dtype, load_rows
 from recsys.export.scorer import Scorer
+from recsys.export.tables import (
+    ExportGroup,
+    TableShards,
+    convert_file,
+    create_npy,
+    npy_layout,
+    write_blocks,
+)
 from recsys.model.layout import ModelWeights
 from recsys.model.registry import AnyHeadConfig
 from recsys.schema import Schema
@@ -52,14 +62,20 @@ def write_export(
     table_dtype: TableDtype = TableDtype.fp32,
     measure_on: str | None = None,
     measure_rows: int = DEFAULT_MEASURE_ROWS,
+    group: ExportGroup | None = None,
 ) -> Path:
     """Write tables, dense part and manifest; the folder appears whole or not at all.
+
+    With a `group` of several ranks this is a collective: every rank writes the table rows it
+    holds (`weights.tables` / `first_order` as `TableShards`), then the group's writer rank
+    encodes, checksums and publishes; no rank holds a whole table (recsys.export.tables).
 
     Args:
         export_dir: destination; replaced if it exists.
         schema: the feature schema the model was trained with.
         head_config: the head (dense part): its architecture and shapes.
-        weights: the model's full (unsharded) weights by role (`WeightLayout.split`).
+        weights: the model's weights by role (`WeightLayout.split`): whole tables (tensors or
+            arrays) or this rank's `TableShards`; the dense part is read on the writer only.
         provenance: where the model came from (MLflow run id, eval metrics), kept as is.
         source: how the training records were laid out (data.format, header, columns); the
             scorer reads raw records the same way. None: not recorded (the scorer then falls
@@ -69,26 +85,30 @@ def write_export(
             export measures what storing it so changed: scores of up to `measure_rows` of them
             with these tables vs the float32 weights, recorded under the manifest's
             `quantization` key. None: not measured.
+        group: the ranks writing together; None: this process alone.
     """
-    export_dir = Path(export_dir)
-    staging = export_dir.with_name(export_dir.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "tables").mkdir(parents=True)
-    table_dtype = TableDtype(table_dtype)
+    group = group or ExportGroup()
+    export_dir, table_dtype = Path(export_dir), TableDtype(table_dtype)
+    plan = _Files(export_dir.with_name(f"{export_dir.name}.tmp-{group.token}"), table_dtype)
     try:
-        files = _write_files(staging, schema, head_config, weights, table_dtype)
+        _write_rows(plan, schema, weights, head_config.first_order, group)
+        if not group.is_writer:
+            return export_dir
+        files = _finish_files(plan, schema, head_config, weights.dense)
         manifest = _describe(schema, provenance, source) | files
         if table_dtype is not TableDtype.fp32 and measure_on is not None and measure_rows > 0:
-            write_manifest(staging, manifest)  # the scorer that measures reads it
+            write_manifest(plan.root, manifest)  # the scorer that measures reads it
             manifest["quantization"] = measure_quantization(
-                staging, weights, measure_on, source, measure_rows
+                plan.root, plan.fp32_dir, measure_on, source, measure_rows
             )
-        write_manifest(staging, manifest)
+        write_manifest(plan.root, manifest)
+        shutil.rmtree(plan.fp32_dir)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)  # the folder appears whole or not at all
+        if group.is_writer:
+            shutil.rmtree(plan.root, ignore_errors=True)  # the folder appears whole or not at all
         raise
     shutil.rmtree(export_dir, ignore_errors=True)
-    staging.rename(export_dir)
+    plan.root.rename(export_dir)
     log.info(
         "export written to %s (%d tables, %s, %.1f MB of tables)",
         export_dir,
@@ -99,24 +119,63 @@ def write_export(
     return export_dir
 
 
-def _write_files(
-    root: Path,
-    schema: Schema,
-    head_config: AnyHeadConfig,
-    weights: ModelWeights,
-    table_dtype: TableDtype,
+_BIAS = "__first_order"
+
+
+@dataclass(frozen=True)
+class _Files:
+    """Where an export's files go while it is written. Float32 rows land in `tables/` when
+    stored so, else in `fp32/` (read back to encode them, and the measure's reference);
+    first-order tables always land in `fp32/` ([n, width], summed to [n, 1] for serving)."""
+
+    root: Path
+    dtype: TableDtype
+
+    @property
+    def fp32_dir(self) -> Path:
+        return self.root / "fp32"
+
+    def rows(self, table: str) -> Path:
+        folder = self.root / "tables" if self.dtype is TableDtype.fp32 else self.fp32_dir
+        return folder / f"{table}.npy"
+
+    def bias_rows(self, table: str) -> Path:
+        return self.fp32_dir / f"{table}{_BIAS}.npy"
+
+
+def _write_rows(
+    plan: _Files, schema: Schema, weights: ModelWeights, first_order: bool, group: ExportGroup
+) -> None:
+    """Every rank's table rows into the float32 files the writer rank made at full size."""
+    tables = {plan.rows(t.name): TableShards.of(weights.tables[t.name]) for t in schema.tables}
+    if first_order:
+        tables |= {
+            plan.bias_rows(t.name): TableShards.of(weights.first_order[t.name])
+            for t in schema.tables
+        }
+    if group.is_writer:
+        shutil.rmtree(plan.root, ignore_errors=True)
+        for folder in (plan.root / "tables", plan.fp32_dir):
+            folder.mkdir(parents=True)
+        for path, shards in tables.items():
+            create_npy(path, shards.shape, np.float32)
+    group.barrier()  # the files exist, at full size
+    for path, shards in tables.items():
+        write_blocks(path, shards)
+    group.barrier()  # every rank's rows are in
+
+
+def _finish_files(
+    plan: _Files, schema: Schema, head_config: AnyHeadConfig, dense: dict[str, Any]
 ) -> dict[str, Any]:
-    """Tables and dense part under `root`; the manifest entries that describe them."""
-    tables = {
-        t.name: _write_table(root, t.name, weights, head_config.first_order, table_dtype)
-        for t in schema.tables
-    }
-    torch.save(weights.dense, root / "dense.pt")
+    """Tables encoded as stored, and the dense part; the manifest entries that describe them."""
+    tables = {t.name: _finish_table(plan, t.name, head_config.first_order) for t in schema.tables}
+    torch.save(dense, plan.root / "dense.pt")
     return {
-        "table_dtype": table_dtype.value,
-        "table_bytes": table_bytes(root),
+        "table_dtype": plan.dtype.value,
+        "table_bytes": table_bytes(plan.root),
         "tables": tables,
-        "dense": _dense_entry(root, head_config),
+        "dense": _dense_entry(plan.root, head_config),
     }
 
 
@@ -147,41 +206,64 @@ def _dense_entry(root: Path, head_config: AnyHeadConfig) -> dict[str, Any]:
     }
 
 
-def _write_table(
-    root: Path, name: str, weights: ModelWeights, first_order: bool, dtype: TableDtype
-) -> dict:
-    weight = weights.tables[name].float().numpy()
-    encoded = encode(weight, dtype, name)
+def _finish_table(plan: _Files, name: str, first_order: bool) -> dict:
+    """One table's stored files (encoded from its float32 rows a chunk at a time)."""
+    root, dtype, relative = plan.root, plan.dtype, f"tables/{name}.npy"
+    params = f"tables/{name}__row_params.npy"
+    if dtype is not TableDtype.fp32:
+        targets = {root / relative: _NUMPY_DTYPE[dtype]}
+        if dtype is TableDtype.int8:
+            targets[root / params] = np.float32
+        convert_file(plan.rows(name), targets, lambda rows: _encoded(rows, dtype, name))
+    _, (num_buckets, dim), _ = npy_layout(root / relative)
     entry = {
-        "file": f"tables/{name}.npy",
-        "num_buckets": int(weight.shape[0]),
-        "dim": int(weight.shape[1]),
+        "file": relative,
+        "num_buckets": num_buckets,
+        "dim": dim,
         "dtype": dtype.value,
-        **_save(root, f"tables/{name}.npy", encoded.values),
+        "sha256": sha256_file(root / relative),
         "first_order": None,
     }
-    if encoded.row_params is not None:
+    if dtype is TableDtype.int8:
         entry["row_params"] = {
-            "file": f"tables/{name}__row_params.npy",
+            "file": params,
             "layout": ROW_PARAMS_LAYOUT,
-            **_save(root, f"tables/{name}__row_params.npy", encoded.row_params),
+            "sha256": sha256_file(root / params),
         }
     if first_order:
-        # Serving needs only the bias itself: sum the kernel-alignment columns away.
-        bias = weights.first_order[name].float().sum(dim=1, keepdim=True).numpy()
-        bias_dtype = first_order_dtype(dtype)
-        stored = encode(bias, bias_dtype, f"{name} (first order)")
-        entry["first_order"] = {
-            "file": f"tables/{name}__first_order.npy",
-            "dtype": bias_dtype.value,
-            **_save(root, f"tables/{name}__first_order.npy", stored.values),
-        }
+        entry["first_order"] = _finish_bias(plan, name)
     return entry
 
 
-def _save(root: Path, relative: str, array: np.ndarray) -> dict:
-    np.save(root / relative, np.ascontiguousarray(array), allow_pickle=False)
-    return {"sha256": sha256_file(root / relative)}
+def _finish_bias(plan: _Files, name: str) -> dict:
+    """Serving needs only the bias itself: the kernel-alignment columns summed away, stored as
+    `first_order_dtype` (and, when that is not float32, kept as float32 for the measure)."""
+    relative, bias_dtype = f"tables/{name}{_BIAS}.npy", first_order_dtype(plan.dtype)
+    targets = {plan.root / relative: _NUMPY_DTYPE[bias_dtype]}
+    if bias_dtype is not TableDtype.fp32:
+        targets[plan.fp32_dir / f"{name}{_BIAS}_sum.npy"] = np.float32
+
+    def summed(rows: np.ndarray) -> tuple[np.ndarray, ...]:
+        bias = rows.sum(axis=1, keepdims=True, dtype=np.float32)
+        stored = encode(bias, bias_dtype, f"{name} (first order)").values
+        return (stored, bias)[: len(targets)]
+
+    convert_file(plan.bias_rows(name), targets, summed)
+    return {
+        "file": relative,
+        "dtype": bias_dtype.value,
+        "sha256": sha256_file(plan.root / relative),
+    }
+
+
+def _encoded(rows: np.ndarray, dtype: TableDtype, name: str) -> tuple[np.ndarray, ...]:
+    encoded = encode(rows, dtype, name)
+    if encoded.row_params is None:
+        return (encoded.values,)
+    return encoded.values, encoded.row_params
+
+
+_NUMPY_DTYPE = {TableDtype.fp32: np.float32, TableDtype.fp16: np.float16, TableDtype.int8: np.uint8}
 
 
 def write_manifest(export_dir: Path, manifest: dict[str, Any]) -> None:
@@ -202,7 +284,7 @@ def table_bytes(export_dir: Path) -> int:
 
 def measure_quantization(
     export_dir: Path,
-    weights: ModelWeights,
+    fp32_dir: Path,
     records_path: str,
     source: SourceFormat | None = None,
     max_rows: int = DEFAULT_MEASURE_ROWS,
@@ -211,7 +293,8 @@ def measure_quantization(
 
     Scores the first `max_rows` usable rows of `records_path` (read as `source`: bad rows are
     skipped, they matter to no comparison) twice: with the export as stored, and with the same
-    export over the float32 `weights` it was made from.
+    export over the float32 tables it was made from (`fp32_dir/<table>.npy`, first-order sums
+    `<table>__first_order_sum.npy`, memory-mapped: only the rows the records hash to are read).
 
     Returns:
         max_abs_score_error (click probability), eval_auc_fp32, eval_auc, auc_change
@@ -219,8 +302,8 @@ def measure_quantization(
     """
     stored = Scorer(export_dir, verify=False)
     reference = stored.with_tables(
-        {n: weights.tables[n].float().numpy() for n in stored.tables},
-        {n: weights.first_order[n].float().sum(dim=1, keepdim=True).numpy() for n in stored.biases},
+        {n: load_array(Path(fp32_dir) / f"{n}.npy", mmap=True) for n in stored.tables},
+        {n: load_array(Path(fp32_dir) / f"{n}{_BIAS}_sum.npy", mmap=True) for n in stored.biases},
     )
     fmt = replace(source or SourceFormat(), on_bad_row=OnBadRow.skip)
     labels, got, want = [], [], []
@@ -302,3 +385,9 @@ def _midranks(values: np.ndarray) -> np.ndarray:
     ranks = np.empty(len(values), dtype=np.float64)
     ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
     return ranks
+
+
+def exported_tables(export_dir: Path) -> dict[str, Rows]:
+    """An export's tables as stored, memory-mapped: figures read them a chunk at a time."""
+    manifest = Manifest.load(export_dir)
+    return {name: load_rows(export_dir, entry) for name, entry in manifest.tables.items()}

@@ -2,7 +2,10 @@
 
 Every metric is computed over the full evaluation set, never averaged per batch or per rank:
 the pure functions work on 1-D tensors, and :class:`MetricAccumulator` collects batches and,
-under ``torch.distributed``, gathers every rank's rows to every rank before computing.
+under ``torch.distributed``, computes over every rank's rows: a few (``GATHER_ROWS``) are
+gathered, more never leave their rank (sums are all-reduced, and AUC comes from a histogram
+refined until it is within a stated bound: ``recsys.metrics.streaming``). For evaluation sets
+of any size, ``recsys.train.evaluator`` keeps no rows in memory at all.
 
 All arithmetic is done in float64. Sample weights are supported everywhere; rows with weight
 0 (e.g. padding) are dropped and so affect no metric. Labels may be soft (in ``[0, 1]``): a row
@@ -17,7 +20,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.distributed as dist
 
-from recsys.distributed.gather import all_gather_rows
+from recsys.distributed.gather import all_gather_rows, collective_device
+from recsys.metrics.streaming import BinarySums, histogram_auc
 
 __all__ = [
     "BinaryMetrics",
@@ -31,6 +35,9 @@ __all__ = [
 ]
 
 DEFAULT_EPS = 1e-7
+# Up to this many rows over all ranks, the accumulator gathers them (exact, and fewer bytes
+# than one pass of the AUC histogram); beyond, nothing is gathered.
+GATHER_ROWS = 1 << 16
 _NAN = float("nan")
 
 
@@ -263,8 +270,15 @@ class MetricAccumulator:
         >>> metrics = acc.compute()  # collective: call on every rank
     """
 
-    def __init__(self) -> None:
-        """Create an empty accumulator."""
+    def __init__(self, auc_tolerance: float = 1e-6) -> None:
+        """Create an empty accumulator.
+
+        Args:
+            auc_tolerance: Over more than ``GATHER_ROWS`` rows of several ranks, the AUC is
+                within this of the exact one (0: exact, as far as the histogram's bins allow).
+        """
+        self.auc_tolerance = auc_tolerance
+        self.auc_error_bound = 0.0  # of the last compute()
         self._labels: list[torch.Tensor] = []
         self._probs: list[torch.Tensor] = []
         self._weights: list[torch.Tensor] = []
@@ -302,16 +316,33 @@ class MetricAccumulator:
         )
 
     def compute(self, group: dist.ProcessGroup | None = None) -> BinaryMetrics:
-        """Compute exact metrics over the union of every rank's rows.
+        """Compute metrics over the union of every rank's rows.
 
         Under an initialized ``torch.distributed`` this is a collective: every rank of ``group``
-        must call it, and every rank gets the same result. Without one it is purely local.
+        must call it, and every rank gets the same result. Up to ``GATHER_ROWS`` rows in all,
+        they are gathered and the metrics are exact. Beyond, rows never leave their rank: the
+        sums behind log loss, NE, calibration and CTR are all-reduced, and AUC comes from a
+        histogram of scores (``auc_error_bound`` says how exact it is). Without a process group
+        of several it is purely local and exact.
 
         Args:
-            group: Process group to gather over, or ``None`` for the default group.
+            group: Process group to reduce over, or ``None`` for the default group.
 
         Returns:
             The metrics on all accumulated rows (of all ranks).
         """
-        rows = all_gather_rows(self._local_rows(), group)
-        return compute_binary_metrics(rows[0], rows[1], rows[2])
+        rows = self._local_rows()
+        self.auc_error_bound = 0.0
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
+            return compute_binary_metrics(rows[0], rows[1], rows[2])
+        total = torch.tensor([float(rows.shape[1])], device=collective_device(group))
+        dist.all_reduce(total, group=group)
+        if total.item() <= GATHER_ROWS:
+            rows = all_gather_rows(rows, group)
+            return compute_binary_metrics(rows[0], rows[1], rows[2])
+        y, p, w = rows
+        sums = BinarySums()
+        sums.update(y, p, w)
+        result = histogram_auc(lambda: [(p, w * y, w * (1.0 - y))], self.auc_tolerance, group=group)
+        self.auc_error_bound = result.error_bound
+        return BinaryMetrics(auc=result.auc, **sums.all_reduce(group).metrics())

@@ -4,8 +4,10 @@ Layout, under a run's output folder:
 
     checkpoints/step_<N>/
       .metadata, __<rank>_<i>.distcp   DCP: every rank writes its own table shards and
-                                       optimizer state; DCP reshards on load, so a checkpoint
-                                       written by 2 processes resumes on 1 (or 8)
+                                       optimizer state, in row chunks of bounded size
+                                       (recsys.train.safe_dcp: a save costs a chunk of memory,
+                                       not a copy of the tables); DCP reshards on load, so a
+                                       checkpoint written by 2 processes resumes on 1 (or 8)
       trainer_state.pt                 step, epoch, the loader position of all ranks merged
                                        (EpochProgress.state_dict()), RNG states of every rank;
                                        plain Python values and tensors only, read back with
@@ -44,7 +46,7 @@ from recsys.distributed.env import DistEnv
 from recsys.distributed.gather import broadcast_object, gather_objects
 from recsys.schema import Schema, schema_differences
 from recsys.train import safe_dcp
-from recsys.train.safe_dcp import SafeFileSystemReader
+from recsys.train.safe_dcp import BoundedFileSystemWriter, ChunkedSavePlanner, SafeFileSystemReader
 from recsys.train.seeding import restore_rng, rng_state
 
 log = logging.getLogger(__name__)
@@ -167,7 +169,8 @@ def save_checkpoint(
     with _quiet_dcp():
         dcp.save(
             {MODEL_SECTION: model.state_dict(), OPTIMIZER_SECTION: optimizer.state_dict()},
-            checkpoint_id=staging,
+            storage_writer=BoundedFileSystemWriter(staging),
+            planner=ChunkedSavePlanner(),
         )
     progress_parts = gather_objects(progress.state_dict() if progress is not None else None, env)
     rng_states = gather_objects(rng_state(), env)

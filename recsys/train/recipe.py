@@ -4,7 +4,8 @@
                resume or warm start, the tracker, the checkpointer
     train      epochs of steps; between steps: validation, checkpoints, early stopping that
                ends with the best validated model (recsys.train.best)
-    evaluate   the final evaluation on data.eval_path, and the predictions file
+    evaluate   the final evaluation on data.eval_path, and the predictions file (every rank
+               writes its rows' part; rank 0 merges them)
     export     the serving export (every rank takes part; rank 0 writes)
     plots      the run's figures as tracked artifacts (rank 0)
     finish     stops what setup started (tracker, process group), whatever ended the run
@@ -20,6 +21,7 @@ import logging
 import traceback
 from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 
@@ -27,9 +29,8 @@ from recsys.config import TrainConfig
 from recsys.data.progress import EpochProgress
 from recsys.data.source import SourceFormat
 from recsys.distributed.env import DistEnv, init_distributed, shutdown_distributed
-from recsys.distributed.gather import broadcast_object
-from recsys.distributed.sharding import full_state_dict
-from recsys.export.writer import export_metrics, write_export
+from recsys.distributed.gather import broadcast_object, export_group, local_shards
+from recsys.export.writer import export_metrics, exported_tables, write_export
 from recsys.schema import Schema
 from recsys.tracking import NullTracker, Tracker, open_tracker
 from recsys.train.best import BestModel
@@ -45,7 +46,7 @@ from recsys.train.evaluator import Evaluation, evaluate
 from recsys.train.loop import Epoch, TrainJob, TrainState
 from recsys.train.optim import LRScheduler, estimated_total_steps
 from recsys.train.plots import collision_stats, run_figures
-from recsys.train.record import provenance, record_start, write_predictions
+from recsys.train.record import provenance, record_start
 from recsys.train.result import TrainResult
 from recsys.train.seeding import configure_determinism, seed_everything
 from recsys.train.validate import validate
@@ -233,7 +234,10 @@ class TrainRecipe:
 
     def _validate(self) -> Evaluation:
         """Evaluate the validation rows, record them, and let early stopping judge."""
-        evaluation = evaluate(self.job.model, self.data.valid, self.schema, self.env)
+        # On the eval rows, the predictions file is written too: the final evaluation may be
+        # this one (reused when it ran at the last step).
+        predictions = self._predictions_file() if self.data.valid is self.data.eval else None
+        evaluation = evaluate(self.job.model, self.data.valid, self.schema, self.env, predictions)
         self._last_validation = (self.state.step, evaluation)
         self._record(evaluation, self.data.valid_prefix)
         if self.best is not None and self.stop_reason is None:
@@ -284,30 +288,40 @@ class TrainRecipe:
         if reused is not None:
             evaluation = reused
         else:
-            evaluation = evaluate(self.job.model, self.data.eval, self.schema, self.env)
+            evaluation = evaluate(
+                self.job.model, self.data.eval, self.schema, self.env, self._predictions_file()
+            )
             self._record(evaluation, "eval")
-        if self.env.is_main:
-            self.predictions_path = write_predictions(self.tracker, self.output_dir, evaluation)
+        if self.env.is_main:  # every rank wrote its part; rank 0 merged them
+            self.predictions_path = evaluation.predictions
+            self.tracker.log_artifact(evaluation.predictions)
         self._final = evaluation
         return evaluation
+
+    def _predictions_file(self) -> Path:
+        return self.output_dir / "eval_predictions.parquet"
 
     # ------------------------------------------------------------------------------ export
 
     def export(self) -> None:
-        """The serving export under `<output_dir>/<export.subdir>`, logged to the tracker."""
+        """The serving export under `<output_dir>/<export.subdir>`, logged to the tracker.
+        Every rank writes the table rows it holds; rank 0 finishes and publishes."""
         if not self.cfg.export.enabled:
             return
-        state = full_state_dict(self.job.model, self.env)  # a collective: all ranks take part
-        if not self.env.is_main:
-            return
+        env, export = self.env, self.cfg.export
+        # Views of this rank's shards (nothing copied, nothing gathered).
+        weights = self.training.layout.split(self.job.model.state_dict())
+        weights = replace(
+            weights,
+            tables={n: local_shards(v, env) for n, v in weights.tables.items()},
+            first_order={n: local_shards(v, env) for n, v in weights.first_order.items()},
+        )
         provenance = {
             "mlflow_run_id": self.tracker.run_id,
             "output_dir": str(self.output_dir),
             "eval_metrics": self.metrics,
         }
-        weights = self.training.layout.split(state)
-        export = self.cfg.export
-        self.export_dir = write_export(
+        export_dir = write_export(
             self.output_dir / export.subdir,
             self.schema,
             self.training.head_config,
@@ -317,8 +331,12 @@ class TrainRecipe:
             table_dtype=export.table_dtype,
             measure_on=self.cfg.data.eval_path,  # fp16 / int8: the score error they cause
             measure_rows=export.quantization_eval_rows,
+            group=export_group(env),
         )
-        self._tables = weights.tables
+        if not env.is_main:
+            return
+        self.export_dir = export_dir
+        self._tables = exported_tables(export_dir)  # memory-mapped, for the plots
         # Table bytes, and for fp16 / int8 the max score error and eval AUC change measured.
         self.tracker.log_metrics(export_metrics(self.export_dir), self.state.step)
         if self.tracker.run_id is not None:  # a tracked run: the export as a registered model
