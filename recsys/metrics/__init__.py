@@ -1,4 +1,5 @@
-"""Evaluation metrics, computed exactly over all ranks of a distributed job."""
+"""Evaluation metrics over all ranks of a distributed job: exact, or (AUC over more rows than
+are worth gathering) within a stated bound, in bounded memory (recsys.metrics.streaming)."""
 
 from recsys.metrics.binary import (
     BinaryMetrics,
