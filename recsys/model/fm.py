@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from recsys.config import ConfigError, ModelConfig, ModelName
-from recsys.model.head import FeatureDropout, feature_dims
+from recsys.model.head import FeatureDropout, require_one_dim
 from recsys.schema import Schema
 
 
@@ -85,15 +85,7 @@ class FMConfig:
 
     @staticmethod
     def from_model(schema: Schema, config: ModelConfig) -> FMConfig:
-        dims = dict(
-            zip((f.name for f in schema.sparse_features), feature_dims(schema), strict=True)
-        )
-        if any(d != config.embedding_dim for d in dims.values()):
-            raise ConfigError(
-                f"model=fm takes dot products between feature vectors, so every table needs "
-                f"model.embedding_dim={config.embedding_dim}; got {dims}. Drop the per-table "
-                f"data.tables.<name>.embedding_dim overrides."
-            )
+        require_one_dim(schema, config, "takes dot products between feature vectors")
         return FMConfig(
             num_dense=len(schema.dense_features),
             num_sparse=len(schema.sparse_features),

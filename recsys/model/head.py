@@ -48,13 +48,7 @@ class HeadConfig:
 
     @staticmethod
     def from_model(schema: Schema, config: ModelConfig) -> HeadConfig:
-        dims = {t.name: t.embedding_dim for t in schema.tables}
-        if any(d != config.embedding_dim for d in dims.values()):
-            raise ConfigError(
-                f"model=dlrm takes dot products between embeddings, so every table needs "
-                f"model.embedding_dim={config.embedding_dim}; got {dims}. Drop the per-table "
-                f"data.tables.<name>.embedding_dim overrides (model=dcn allows them)."
-            )
+        require_one_dim(schema, config, "takes dot products between embeddings")
         return HeadConfig(
             num_dense=len(schema.dense_features),
             num_sparse=len(schema.sparse_features),
@@ -75,6 +69,19 @@ def feature_dims(schema: Schema) -> tuple[int, ...]:
         schema.table(schema.lookups_of(f.name)[0].table).embedding_dim
         for f in schema.sparse_features
     )
+
+
+def require_one_dim(schema: Schema, config: ModelConfig, because: str) -> dict[str, int]:
+    """Each sparse feature's dim, all of them `model.embedding_dim`, or a ConfigError naming
+    the model, why it needs one dim, the dims found and the fix."""
+    dims = dict(zip((f.name for f in schema.sparse_features), feature_dims(schema), strict=True))
+    if any(d != config.embedding_dim for d in dims.values()):
+        raise ConfigError(
+            f"model={config.name} {because}, so every table needs "
+            f"model.embedding_dim={config.embedding_dim}; got {dims}. Drop the per-table "
+            f"data.tables.<name>.embedding_dim overrides (model=dcn allows them)."
+        )
+    return dims
 
 
 def mlp(sizes: list[int], dropout: float = 0.0, last_activation: bool = True) -> nn.Sequential:

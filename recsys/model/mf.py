@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from recsys.config import ConfigError, ModelConfig, ModelName, Tower
-from recsys.model.head import FeatureDropout, feature_dims
+from recsys.model.head import FeatureDropout, require_one_dim
 from recsys.schema import Schema
 
 SIDES = (Tower.user.value, Tower.item.value)
@@ -61,15 +61,9 @@ class MFConfig:
                 f"set it to user or item in conf/data/ (or override, e.g. "
                 f"data.features.{untowered[0]}.tower=user)."
             )
-        dims = dict(
-            zip((f.name for f in schema.sparse_features), feature_dims(schema), strict=True)
+        dims = require_one_dim(
+            schema, config, "sums embeddings and takes <user, item> dot products"
         )
-        if any(d != config.embedding_dim for d in dims.values()):
-            raise ConfigError(
-                f"model=mf sums embeddings and takes <user, item> dot products, so every table "
-                f"needs model.embedding_dim={config.embedding_dim}; got {dims}. Drop the "
-                f"per-table data.tables.<name>.embedding_dim overrides."
-            )
         towers = tuple(f.tower.value for f in schema.sparse_features)
         for side in SIDES:
             if side not in towers:
