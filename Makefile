@@ -73,8 +73,8 @@ test: setup ## fast test suite (what CI runs)
 test-full: setup ## every test, slow ones included
 	$(BIN)/python -m pytest -q
 
-bench: setup ## benchmarks: hashing, loader rows/s, loader-vs-memory training ratio, RSS 50 MB vs 5 GB
-	$(BIN)/python -m recsys.bench
+bench: setup ## benchmarks: recsys vs plain TorchRec / PyTorch loops, machine limits, 1 vs 2 processes, loader, RSS (ARGS=--quick: smoke run)
+	$(BIN)/python -m recsys.bench $(ARGS)
 
 bench-data: setup ## data benchmarks only: hashing ids/s and loader rows/s (Parquet, TSV)
 	$(BIN)/python -m recsys.bench --only data

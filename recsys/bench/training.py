@@ -6,14 +6,17 @@ Both runs train the same model (data=criteo, default model and trainer settings,
 `trainer.num_workers`) through the same `Epoch` loop; only where the batches come from
 differs. Rounds alternate (memory, loader, memory, loader, ...) so that drift of a noisy
 machine hits both sides alike; the report gives the median of each and their ratio
-(loader / memory; the target is >= 0.9: training should not wait on data).
+(loader / memory; the target is >= 0.95: training should not wait on data).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
+import time
 from collections.abc import Iterator
+from dataclasses import replace
 from itertools import islice
 
 from torch.utils.data import IterableDataset
@@ -23,8 +26,8 @@ from recsys.config import TrainConfig
 from recsys.data.batch import Batch
 from recsys.data.loader import LoaderOptions, StreamingDataset, make_loader
 from recsys.data.progress import EpochProgress
-from recsys.distributed.env import init_distributed, shutdown_distributed
-from recsys.schema import resolve_schema
+from recsys.distributed.env import DistEnv, init_distributed, shutdown_distributed
+from recsys.schema import Schema, resolve_schema
 from recsys.train.build import build_training, datasets
 from recsys.train.loop import Epoch, TrainJob, TrainState
 
@@ -50,14 +53,47 @@ class PremadeBatches(IterableDataset):
 
 
 def premade(dataset: StreamingDataset, steps: int) -> PremadeBatches:
-    options = dataset.options
-    in_process = StreamingDataset(
-        dataset.path,
-        dataset.schema,
-        LoaderOptions(options.batch_size, num_workers=0, source=options.source),
-    )
+    """The first `steps` batches `dataset` yields (same rows, same order), read in process."""
+    options = replace(dataset.options, num_workers=0)
+    in_process = StreamingDataset(dataset.path, dataset.schema, options)
     batches = list(islice(iter(make_loader(in_process)), steps))
     return PremadeBatches(batches, options.batch_size)
+
+
+class RecsysRuns:
+    """recsys training as `make train` runs it (same config, model, optimizers, `Epoch` loop),
+    timed on the real loader or on the same batches pre-made in memory.
+
+    Every run is one epoch of `steps` steps from step 0 (max_steps), timed by the wall clock
+    from the epoch's start to its end, loader start-up and pipeline fill included.
+    """
+
+    def __init__(self, cfg: TrainConfig, schema: Schema, env: DistEnv, steps: int):
+        self.steps = steps
+        self.loader = datasets(cfg, schema, env).train
+        training = build_training(cfg, schema, env)
+        cfg.trainer.max_steps = steps  # TrainState starts at step 0 in every run
+        self.job = TrainJob(training.model, training.optimizer, schema, cfg.trainer, env)
+
+    @functools.cached_property
+    def memory(self) -> PremadeBatches:
+        """The loader's first `steps` batches, featurized once and kept."""
+        return premade(self.loader, self.steps)
+
+    def run(
+        self, dataset: StreamingDataset | PremadeBatches, max_seconds: float = float("inf")
+    ) -> tuple[int, float]:
+        """(samples trained, seconds) of one epoch of at most `steps` steps, ended early
+        when `max_seconds` have passed."""
+        state = TrainState()
+        start = time.perf_counter()
+        with Epoch(self.job, dataset, state) as epoch:
+            for _ in epoch:  # nothing is tracked here
+                if time.perf_counter() - start > max_seconds:
+                    break
+        seconds = time.perf_counter() - start
+        epoch.end()
+        return state.samples, seconds
 
 
 def bench_training(cfg: TrainConfig, steps: int, rounds: int) -> dict:
@@ -65,25 +101,13 @@ def bench_training(cfg: TrainConfig, steps: int, rounds: int) -> dict:
     env = init_distributed(cfg.trainer.device)
     try:
         schema = resolve_schema(cfg.data, cfg.model.embedding_dim)
-        real = datasets(cfg, schema, env).train
-        memory = premade(real, steps)
-        training = build_training(cfg, schema, env)
-        cfg.trainer.max_steps = steps  # TrainState starts at step 0 in every run
-        job = TrainJob(training.model, training.optimizer, schema, cfg.trainer, env)
-
-        def one_run(dataset) -> float:
-            state = TrainState()
-            with Epoch(job, dataset, state) as epoch:
-                for _ in epoch:
-                    pass  # nothing is tracked here
-            epoch.end()
-            return state.samples_per_second
-
-        one_run(memory)  # warm-up: first steps allocate and fault in the tables
+        runs = RecsysRuns(cfg, schema, env, steps)
+        runs.run(runs.memory)  # warm-up: first steps allocate and fault in the tables
         rates = {"memory": [], "loader": []}
         for _ in range(rounds):
-            rates["memory"].append(one_run(memory))
-            rates["loader"].append(one_run(real))
+            for name, dataset in (("memory", runs.memory), ("loader", runs.loader)):
+                samples, seconds = runs.run(dataset)
+                rates[name].append(samples / seconds)
     finally:
         shutdown_distributed()
     median = {k: statistics.median(v) for k, v in rates.items()}
@@ -114,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{row['num_workers']} loader worker(s):\n"
         f"  pre-made in memory {row['memory_samples_per_s']:>10,.0f}\n"
         f"  real loader        {row['loader_samples_per_s']:>10,.0f}\n"
-        f"  ratio loader/memory {row['ratio']:.3f}  (target >= 0.9)"
+        f"  ratio loader/memory {row['ratio']:.3f}  (target >= 0.95)"
     )
 
 

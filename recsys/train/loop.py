@@ -17,6 +17,7 @@ while it trains.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -171,6 +172,8 @@ class Epoch:
     def _run(self) -> Iterator[StepReport]:
         job, state = self.job, self.state
         job.model.train()
+        threads = torch.get_num_threads()
+        torch.set_num_threads(training_threads(job.trainer))
         self._start()
         self._taken = taken = TakenBatches(self._batches(), _pins(job.trainer, job.env))
         bar = _progress_bar(self.dataset, job.trainer, job.env, state)
@@ -194,6 +197,7 @@ class Epoch:
         finally:
             bar.close()
             self._release()
+            torch.set_num_threads(threads)
 
     def _start(self) -> None:
         state, resume = self.state, self._resume
@@ -219,6 +223,23 @@ class Epoch:
         self.state.progress.record(batch)
         window.add(loss, logits, batch)
         return batch
+
+
+def training_threads(trainer: TrainerConfig) -> int:
+    """Intra-op threads while training: this process's share of the cores, less one for the
+    loader (its read-ahead thread, or its worker processes).
+
+    More threads than free cores is far worse than one too few: torch's OpenMP threads wait
+    for each other at the end of every parallel op, so one the OS has parked (for the loader,
+    or another process) stalls them all for a scheduler time slice. Measured on 2 cores that
+    other processes kept busy: 2 threads trained 30-200x slower than 1 (`make bench`). An
+    explicit OMP_NUM_THREADS (torchrun sets 1 when it starts several processes) is kept.
+    """
+    if "OMP_NUM_THREADS" in os.environ:
+        return torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    per_process = (cores or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    return max(1, per_process - max(1, trainer.num_workers))
 
 
 def _pins(trainer: TrainerConfig, env: DistEnv) -> bool:
@@ -284,4 +305,4 @@ def _global_sum(values: torch.Tensor, env: DistEnv) -> torch.Tensor:
     return values.cpu()
 
 
-__all__ = ["Epoch", "StepReport", "TrainJob", "TrainState"]
+__all__ = ["Epoch", "StepReport", "TrainJob", "TrainState", "training_threads"]
