@@ -282,10 +282,11 @@ class EarlyStoppingConfig:
     min_delta: float = 0.0  # an improvement smaller than this does not count
     # Write a checkpoint of each new best step and load it back when training ends, so the
     # model evaluated, exported and checkpointed last is the best one, not the last one.
-    # Off by default until the defaults study of several data sets decides: on MovieLens'
-    # own validation protocol (train_fit -> valid, 3 seeds) restoring cost 0.001 AUC, the
-    # 5% slice being too noisy to pick between close epochs.
-    restore_best: bool = False
+    # On by default: on the planted cold-start world the last epoch had overfit (eval AUC
+    # 0.563, log loss 1.18) where the restored best step gave 0.644 / 0.566 (beating the
+    # hashed LR's 0.640); on adult the best was the last; on MovieLens it moved eval by
+    # -0.003 (seed 0) while validation rose 0.7440 -> 0.7477.
+    restore_best: bool = True
 
 
 @dataclass
