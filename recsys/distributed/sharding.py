@@ -9,14 +9,11 @@ Choices (`sharding.type`, `trainer.sparse_optimizer` on this device) are checked
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
 from fbgemm_gpu.tbe.config.optimizer_config import WeightDecayMode
 from torch import nn
-from torch.distributed._shard.sharded_tensor import ShardedTensor
-from torch.distributed.tensor import DTensor
 from torchrec import EmbeddingBagCollection
 from torchrec.distributed import DistributedModelParallel
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
@@ -111,22 +108,3 @@ def table_names(model: nn.Module) -> list[str]:
         if isinstance(module, EmbeddingBagCollection)
         for config in module.embedding_bag_configs()
     ]
-
-
-def full_state_dict(model: nn.Module, env: DistEnv) -> dict[str, torch.Tensor] | None:
-    """The unsharded state on rank 0 (None on others). A collective: every rank must call it."""
-    full: dict[str, torch.Tensor] = {}
-    for key, value in _state_items(model):
-        if isinstance(value, ShardedTensor):
-            out = torch.empty(value.size(), dtype=value.dtype) if env.is_main else None
-            value.gather(dst=0, out=out)
-            value = out
-        elif isinstance(value, DTensor):
-            value = value.full_tensor()
-        if env.is_main and value is not None:
-            full[key] = value.detach().cpu().clone()
-    return full if env.is_main else None
-
-
-def _state_items(model: nn.Module) -> Iterator[tuple[str, object]]:
-    yield from model.state_dict().items()

@@ -10,9 +10,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from recsys.config import HoldoutConfig, TrainConfig
 from recsys.data.fingerprint import data_fingerprint
 from recsys.data.source import SourceFormat
@@ -20,7 +17,6 @@ from recsys.distributed.env import DistEnv
 from recsys.schema import Schema
 from recsys.tracking import Tracker, log_data_fingerprint, run_tags
 from recsys.train.checkpoint import ResumePoint
-from recsys.train.evaluator import Evaluation
 from recsys.train.warm_start import WarmStartReport
 
 
@@ -73,15 +69,6 @@ def held_out(train: dict[str, Any], holdout: HoldoutConfig) -> dict[str, Any]:
         "digest": digest[: len(train["digest"])],
         "rows": None if rows is None else round(rows * holdout.fraction),
     }
-
-
-def write_predictions(tracker: Tracker, output_dir: Path, evaluation: Evaluation) -> Path:
-    """`eval_predictions.parquet` (row_id, prob) in the run folder, and as an artifact."""
-    path = output_dir / "eval_predictions.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table({"row_id": evaluation.row_ids, "prob": evaluation.probs}), path)
-    tracker.log_artifact(path)
-    return path
 
 
 def provenance(point: ResumePoint | None, report: WarmStartReport | None) -> dict[str, str]:
