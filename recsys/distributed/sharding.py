@@ -77,11 +77,11 @@ def shard_model(
     TorchRec type (same name) on every table through ParameterConstraints.
     """
     sharding_type = ShardingType(sharding_type)
+    allowed = _allowed_types(sharding_type, env)
     constraints = None
-    if sharding_type != ShardingType.auto:
-        forced = [sharding_type.value]  # our names are TorchRec's ShardingType values
+    if allowed is not None:
         constraints = {
-            name: ParameterConstraints(sharding_types=forced) for name in table_names(model)
+            name: ParameterConstraints(sharding_types=allowed) for name in table_names(model)
         }
     topology = Topology(world_size=env.world_size, compute_device=env.device.type)
     planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
@@ -98,6 +98,25 @@ def shard_model(
         module=model, device=env.device, plan=plan, sharders=sharders
     )
     return sharded, plan
+
+
+def _allowed_types(asked: ShardingType, env: DistEnv) -> list[str] | None:
+    """TorchRec sharding types the planner may pick per table (None: all it knows).
+
+    An explicit `sharding.type` is forced on every table (our names are TorchRec's). auto
+    never makes a table data_parallel: that gives a table a dense gradient, a DDP all-reduce
+    and a Python optimizer step of its own, and optimizer state under other keys than the
+    fused kernels' (a checkpoint written by 2 processes would not resume on 1, where every
+    table is whole). On one process auto keeps every table whole (table_wise): one fused
+    kernel for all of them trained 8-17% faster than the planner's mix (Criteo layout, 2 cores).
+    """
+    if asked != ShardingType.auto:
+        return [asked.value]
+    if env.world_size == 1:
+        return [ShardingType.table_wise.value]
+    # Whole tables or row shards (where the sharder offers them: GPU). Not column_wise: its
+    # single-shard plans equal table_wise with another name in every plan and checkpoint.
+    return [ShardingType.table_wise.value, ShardingType.row_wise.value]
 
 
 def table_names(model: nn.Module) -> list[str]:

@@ -134,9 +134,9 @@ def test_sparse_arch_combines_quotient_and_remainder_rows(combine: Combine) -> N
     schema = _schema(TableSpec(num_buckets=101, hashing=TableHashing.qr, combine=combine))
     arch = SparseArch(schema, first_order=True)
     tables = arch.embedding_bags.embedding_bags
-    biases = arch.first_order_bags.embedding_bags
+    biases = tables  # the bias tables share the collection, named <table>__first_order
     with torch.no_grad():
-        for module in list(tables.values()) + list(biases.values()):
+        for module in tables.values():
             module.weight.copy_(torch.randn_like(module.weight))
     arrays = featurize(pa.table({"y": [1, 1], "user": ["x", "y"], "tags": ["a", "b|c"]}), schema)
     vectors, first_order = arch(Batch.from_arrays(arrays, schema, np.arange(2)).sparse)
