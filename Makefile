@@ -22,12 +22,14 @@ TRIALS ?= 20
 # make bench-quality: trainer seeds per (data set, model).
 SEEDS ?= 0,1,2
 TUNE ?= default
+# make notebook: which one of notebooks/ to run.
+NB ?= quickstart
 # Fetch MovieLens unless ARGS picks another data set or points at other files.
 OTHER_DATA := $(findstring data.train_path=,$(ARGS))$(if $(findstring data=,$(ARGS)),$(if $(findstring data=movielens,$(ARGS)),,other))
 NEEDS_MOVIELENS := $(if $(OTHER_DATA),,yes)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data data-synth train sweep tune test test-full bench bench-data bench-quality lint fmt ui serve clean
+.PHONY: help setup data data-synth train sweep tune test test-full bench bench-data bench-quality lint fmt ui serve notebook clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -100,6 +102,11 @@ serve: setup ## REST scoring of models:/$(MODEL)@champion on 127.0.0.1:$(SERVE_P
 	@# PATH: the server execs `uvicorn` by name, from the venv.
 	PATH=$(CURDIR)/$(BIN):$$PATH MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/mlruns/mlflow.db $(BIN)/mlflow models serve \
 		-m models:/$(MODEL)@champion --env-manager local --host 127.0.0.1 --port $(SERVE_PORT)
+
+notebook: setup ## run notebooks/NB.ipynb (NB=quickstart|comparing_runs|embeddings|inspect_run); executed copy in outputs/notebooks/
+	mkdir -p outputs/notebooks
+	cd notebooks && ../$(BIN)/jupyter execute --timeout=1200 --output=../outputs/notebooks/$(NB) $(NB).ipynb
+	@echo "executed: outputs/notebooks/$(NB).ipynb (open it in VS Code, or any Jupyter front end)"
 
 clean: ## remove outputs, multirun and caches (keeps data/ and mlruns/)
 	rm -rf outputs multirun .pytest_cache .ruff_cache
