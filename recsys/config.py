@@ -49,6 +49,17 @@ class TableHashing(StrEnum):
     plain = "plain"  # one hash into num_buckets rows
     double = "double"  # a second hash (second seed) as well, into this or a second table; summed
     qr = "qr"  # quotient-remainder: two small tables, combined by `combine` (Shi et al. 2019)
+    # managed collisions (TorchRec MCH): ids that earn a row get one of their own, the rest
+    # share a fallback row; rows are given and taken back by `managed.eviction`
+    managed = "managed"
+
+
+class ManagedEviction(StrEnum):
+    """Which ids keep their rows when a managed table is full (TorchRec's MCH policies)."""
+
+    lfu = "lfu"  # the most frequently seen ids, counted since each got its row
+    lru = "lru"  # the most recently seen ids
+    distance_lfu = "distance_lfu"  # frequency divided by steps since last seen
 
 
 class Combine(StrEnum):
@@ -161,6 +172,30 @@ class LabelSpec:
     threshold: float | None = None
 
 
+# Ids of a managed table are hashed (mmh3, 32 bits) into this many values before the remap:
+# 1 + hash mod 2**32 is the hash itself, so two ids share an input only if their 32-bit
+# hashes collide (about 1 in 4 billion per pair).
+MANAGED_INPUT_HASH_SIZE = 2**32 + 1
+
+
+@dataclass
+class ManagedSpec:
+    """`data.tables.<t>.managed`: how a `hashing: managed` table hands out its rows.
+
+    The table keeps num_buckets rows (per row shard, the last one is the fallback row that every
+    id without a row of its own shares). Every `eviction_interval` training steps the ids seen
+    in those steps (over all ranks) compete with the ids holding rows; the policy decides who
+    keeps or gets one. A row given to a new id restarts from a fresh initialization.
+    """
+
+    eviction: ManagedEviction = ManagedEviction.lfu
+    # An id competes for a row only once seen at least this many times within one window of
+    # eviction_interval steps (over all ranks); 1: every id seen competes.
+    admit_after: int = 1
+    eviction_interval: int = 1  # training steps per window (rows are reassigned after each)
+    input_hash_size: int = MANAGED_INPUT_HASH_SIZE  # raw ids are hashed into [1, this) first
+
+
 @dataclass
 class TableSpec:
     """One embedding table. Its memory is num_buckets x embedding_dim, whatever the id count.
@@ -171,10 +206,11 @@ class TableSpec:
     num_buckets: int | None = None
     embedding_dim: int | None = None  # None: model.embedding_dim
     pooling: Pooling = Pooling.sum
-    hashing: TableHashing = TableHashing.plain  # plain | double | qr
+    hashing: TableHashing = TableHashing.plain  # plain | double | qr | managed
     combine: Combine = Combine.sum  # qr: quotient and remainder embeddings, sum or product
     second_num_buckets: int | None = None  # double: rows of a second table; None: same table
     qr_remainder: int | None = None  # qr: remainder table rows R; None: ceil(sqrt(num_buckets))
+    managed: ManagedSpec = field(default_factory=ManagedSpec)  # managed: eviction, admission
 
 
 @dataclass

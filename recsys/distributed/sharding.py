@@ -9,6 +9,7 @@ Choices (`sharding.type`, `trainer.sparse_optimizer` on this device) are checked
 from __future__ import annotations
 
 import logging
+import zlib
 
 import torch
 import torch.distributed as dist
@@ -17,15 +18,21 @@ from torch import nn
 from torchrec import EmbeddingBagCollection
 from torchrec.distributed import DistributedModelParallel
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+from torchrec.distributed.mc_embeddingbag import (
+    ManagedCollisionEmbeddingBagCollectionSharder,
+    ShardedManagedCollisionEmbeddingBagCollection,
+)
 from torchrec.distributed.model_parallel import get_default_sharders
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
 from torchrec.distributed.types import ShardingPlan
 from torchrec.distributed.types import ShardingType as TorchrecShardingType
+from torchrec.modules.mc_embedding_modules import ManagedCollisionEmbeddingBagCollection
 from torchrec.optim import RowWiseAdagrad
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 
 from recsys.config import ShardingType, SparseOptimizer, TrainerConfig
 from recsys.distributed.env import DistEnv
+from recsys.model.managed import remap_modules
 
 log = logging.getLogger(__name__)
 
@@ -78,19 +85,31 @@ def shard_model(
     """
     sharding_type = ShardingType(sharding_type)
     allowed = _allowed_types(sharding_type, env)
-    constraints = None
-    if allowed is not None:
-        constraints = {
-            name: ParameterConstraints(sharding_types=allowed) for name in table_names(model)
-        }
+    managed = managed_table_names(model)
+    constraints = {
+        name: ParameterConstraints(sharding_types=allowed)
+        for name in table_names(model)
+        if allowed is not None and name not in managed
+    }
+    # TorchRec shards a remap only row-wise: each rank remaps the ids of its input range.
+    constraints |= {
+        name: ParameterConstraints(sharding_types=[TorchrecShardingType.ROW_WISE.value])
+        for name in managed
+    }
+    _split_remaps(model, env.world_size)
     topology = Topology(world_size=env.world_size, compute_device=env.device.type)
-    planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
+    planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints or None)
     sharders = get_default_sharders()
     if sharding_type == ShardingType.row_wise:
         # Only when asked for: "auto" keeps TorchRec's own CPU choices, whose cost model
         # was never tuned for row-wise on CPU.
         sharders = [
             CpuRowWiseSharder() if isinstance(s, EmbeddingBagCollectionSharder) else s
+            for s in sharders
+        ]
+    if managed:  # in place of TorchRec's (the planner keeps one sharder per module type)
+        sharders = [
+            ManagedSharder() if isinstance(s, ManagedCollisionEmbeddingBagCollectionSharder) else s
             for s in sharders
         ]
     plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
@@ -117,6 +136,79 @@ def _allowed_types(asked: ShardingType, env: DistEnv) -> list[str] | None:
     # Whole tables or row shards (where the sharder offers them: GPU). Not column_wise: its
     # single-shard plans equal table_wise with another name in every plan and checkpoint.
     return [ShardingType.table_wise.value, ShardingType.row_wise.value]
+
+
+def managed_table_names(model: nn.Module) -> set[str]:
+    """The tables behind a managed-collision remap (`hashing: managed`)."""
+    return {
+        name
+        for module in model.modules()
+        if isinstance(module, ManagedCollisionEmbeddingBagCollection)
+        for name in remap_modules(module)
+    }
+
+
+def _split_remaps(model: nn.Module, world_size: int) -> None:
+    """Give every remap one input-range bucket per rank, as the planner requires of a
+    row-wise remap (the sharder rebuilds each rank's remap over its own bucket and rows)."""
+    for module in model.modules():
+        if isinstance(module, ManagedCollisionEmbeddingBagCollection):
+            for remap in remap_modules(module).values():
+                remap._buckets = world_size
+
+
+class ManagedSharder(ManagedCollisionEmbeddingBagCollectionSharder):
+    """TorchRec's managed-collision sharder, made to work on CPU.
+
+    Stock, it offers kernels the CPU has not (UVM caching: the planner fails), and its eviction
+    resets a reassigned row through FBGEMM's `reset_weight_momentum`, which has no CPU kernel
+    (the first eviction fails). Here the EBC part is `CpuRowWiseSharder` (row-wise on CPU) and
+    on CPU a reassigned row is reset in plain torch (`_CpuManagedCollection._evict`). CUDA keeps
+    TorchRec's own path, untested here.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(ebc_sharder=CpuRowWiseSharder())
+
+    def compute_kernels(self, sharding_type: str, compute_device_type: str) -> list[str]:
+        if compute_device_type != "cpu":
+            return super().compute_kernels(sharding_type, compute_device_type)
+        return self._e_sharder.compute_kernels(sharding_type, compute_device_type)
+
+    def shard(self, module, params, env, device=None, module_fqn=None):  # noqa: ANN001, ANN201
+        if device is None or device.type != "cpu":
+            return super().shard(module, params, env, device, module_fqn)
+        return _CpuManagedCollection(
+            module,
+            params,
+            ebc_sharder=self._e_sharder,
+            mc_sharder=self._mc_sharder,
+            env=env,
+            device=device,
+        )
+
+
+class _CpuManagedCollection(ShardedManagedCollisionEmbeddingBagCollection):
+    def _evict(self, evictions_per_table: dict[str, torch.Tensor | None]) -> None:
+        """Rows handed to new ids restart: fresh weights from the table's init range and
+        zero optimizer state, as TorchRec does on CUDA. The fresh weights come from a generator
+        seeded by table and step, so a resumed run draws the same ones."""
+        remaps = remap_modules(self)
+        for table, rows in evictions_per_table.items():
+            if rows is None or rows.numel() == 0:
+                continue
+            tbe, index = self._table_to_tbe_and_index[table]
+            config = self._embedding_module._table_name_to_config[table]
+            step = int(remaps[table]._current_iter)
+            seed = zlib.crc32(f"{table}:{step}:{int(rows.min())}".encode())
+            generator = torch.Generator().manual_seed(seed)
+            weights = tbe.split_embedding_weights()[int(index)]
+            fresh = torch.rand((len(rows), weights.shape[1]), generator=generator)
+            low, high = config.get_weight_init_min(), config.get_weight_init_max()
+            with torch.no_grad():
+                weights[rows] = (low + (high - low) * fresh).to(weights.dtype)
+                for state in tbe.split_optimizer_states()[int(index)]:
+                    state[rows] = 0
 
 
 def table_names(model: nn.Module) -> list[str]:

@@ -7,6 +7,8 @@
       tables/<table>__row_params.npy    float32 [num_buckets, 2]: per-row scale, bias (int8 only)
       tables/<table>__first_order.npy   [num_buckets, 1]; per-bucket bias (if any); float32, or
                                         float16 when the tables are fp16 / int8
+      tables/<table>__remap.npy         int64 [n, 2]: managed tables only: (id, row) of every id
+                                        holding a row, sorted by id (`Remap`)
       dense.pt                          torch state dict of the dense part (recsys.model.head)
 
 The manifest carries the hash rule, every feature's column, seed and table, every table's
@@ -39,8 +41,11 @@ FORMAT = "recsys-serving-export"
 # v2: tables may be stored as fp16 or row-wise int8 (`dtype`, `row_params`; recsys.export.
 # quantize); a v1 reader would take int8 codes for weights, so it must refuse v2. v1 exports
 # (float32 tables, no `dtype`) are v2 fp32 ones and still read.
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# v3: managed tables (`hashing: managed`) map ids to rows through a `remap` entry; a v2 reader
+# would read ids as rows, so exports with a managed table are v3, others stay v2.
+FORMAT_VERSION = 3
+PLAIN_FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2, 3)
 MANIFEST_FILE = "manifest.json"
 
 HASH_RULE = {
@@ -55,6 +60,9 @@ HASH_RULE = {
         "bucket": "b",
         "quotient": "1 + (b - 1) // lookup.divisor (0 if b = 0)",
         "remainder": "1 + (b - 1) % lookup.divisor (0 if b = 0)",
+        # hashing=managed: hash_buckets is the remap's input size (2**32 + 1 by default)
+        "managed": "remap.file holds (b, row) pairs sorted by b: b's row if listed, else "
+        "remap.fallback_rows[b // remap.input_block] (one fallback row per row shard)",
     },
     "combine": "a feature's lookups, each pooled from its table: summed, or multiplied "
     "elementwise (combine=product); first-order biases are always summed",
@@ -162,7 +170,47 @@ class Manifest:
 
 def table_files(entry: dict[str, Any]) -> list[dict[str, Any]]:
     """Every file entry (`file`, `sha256`) of one table: values, int8 row params, biases."""
-    return [entry] + [entry[k] for k in ("row_params", "first_order") if entry.get(k)]
+    return [entry] + [entry[k] for k in ("row_params", "first_order", "remap") if entry.get(k)]
+
+
+@dataclass(frozen=True)
+class Remap:
+    """A managed table's id -> row map as trained (TorchRec MCH state at export time).
+
+    `ids` (sorted) hold rows of their own, `rows[i]` being ids[i]'s; any other id reads the
+    fallback row of the row shard owning its input range: fallback_rows[id // input_block].
+    """
+
+    ids: np.ndarray  # int64 [n], sorted
+    rows: np.ndarray  # int64 [n]
+    fallback_rows: np.ndarray  # int64 [row shards]
+    input_block: int
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        """Rows of hashed ids (int64, in [0, input_hash_size))."""
+        ids = np.asarray(ids, dtype=np.int64)
+        fallback = self.fallback_rows[
+            np.minimum(ids // self.input_block, len(self.fallback_rows) - 1)
+        ]
+        if len(self.ids) == 0:
+            return fallback
+        at = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
+        return np.where(self.ids[at] == ids, self.rows[at], fallback)
+
+    @staticmethod
+    def load(export_dir: Path, entry: dict[str, Any]) -> Remap:
+        pairs = load_array(export_file(export_dir, entry["file"]))
+        if pairs.dtype != np.int64 or pairs.ndim != 2 or pairs.shape[1] != 2:
+            raise ExportError(
+                f"{entry['file']}: a remap is int64 [n, 2], not {pairs.dtype} {pairs.shape}; "
+                f"the export was edited or is corrupted. Export again."
+            )
+        return Remap(
+            np.ascontiguousarray(pairs[:, 0]),
+            np.ascontiguousarray(pairs[:, 1]),
+            np.asarray(entry["fallback_rows"], dtype=np.int64),
+            int(entry["input_block"]),
+        )
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from recsys.data.featurize import IN_MEMORY, FeatureArrays, RecordOrigin, featur
 from recsys.data.reader import RowReader
 from recsys.data.rowcheck import BadRowLog
 from recsys.data.source import SourceFormat, UnitError
-from recsys.export.manifest import MANIFEST_FILE, ExportError, Manifest, load_dense
+from recsys.export.manifest import MANIFEST_FILE, ExportError, Manifest, Remap, load_dense
 from recsys.export.quantize import FloatRows, Rows, load_rows
 from recsys.model.combine import combine_pooled
 from recsys.model.registry import build_head, head_config_from_dict
@@ -53,6 +53,12 @@ class Scorer:
             n: load_rows(export_dir, t["first_order"])
             for n, t in self.manifest.tables.items()
             if t.get("first_order")
+        }
+        # Managed tables: hashed id -> row, as the trained remap left it (unseen ids included).
+        self.remaps: dict[str, Remap] = {
+            n: Remap.load(export_dir, t["remap"])
+            for n, t in self.manifest.tables.items()
+            if t.get("remap")
         }
         self.head = build_head(_head_config(self.manifest))
         self.head.load_state_dict(load_dense(export_dir / self.manifest.dense["file"]))
@@ -131,7 +137,10 @@ class Scorer:
         self, arrays: FeatureArrays, lookup: ResolvedLookup, table: Rows
     ) -> torch.Tensor:
         lengths = torch.from_numpy(arrays.lengths[lookup.key].astype(np.int64))
-        rows = torch.from_numpy(table[arrays.ids[lookup.key]])
+        ids = arrays.ids[lookup.key]
+        if lookup.table in self.remaps:
+            ids = self.remaps[lookup.table](ids)
+        rows = torch.from_numpy(table[ids])
         owner = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
         pooled = torch.zeros(len(lengths), table.shape[1]).index_add_(0, owner, rows)
         if self.schema.table(lookup.table).pooling is Pooling.mean:

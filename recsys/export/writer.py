@@ -27,6 +27,7 @@ from recsys.export.manifest import (
     FORMAT_VERSION,
     HASH_RULE,
     MANIFEST_FILE,
+    PLAIN_FORMAT_VERSION,
     Manifest,
     load_array,
     lookup_entries,
@@ -43,9 +44,9 @@ from recsys.export.tables import (
     npy_layout,
     write_blocks,
 )
-from recsys.model.layout import ModelWeights
+from recsys.model.layout import REMAP_EMPTY_SLOT, ModelWeights
 from recsys.model.registry import AnyHeadConfig
-from recsys.schema import Schema
+from recsys.schema import ResolvedTable, Schema
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +92,10 @@ def write_export(
     export_dir, table_dtype = Path(export_dir), TableDtype(table_dtype)
     plan = _Files(export_dir.with_name(f"{export_dir.name}.tmp-{group.token}"), table_dtype)
     try:
-        _write_rows(plan, schema, weights, head_config.first_order, group)
+        segments = _write_rows(plan, schema, weights, head_config.first_order, group)
         if not group.is_writer:
             return export_dir
-        files = _finish_files(plan, schema, head_config, weights.dense)
+        files = _finish_files(plan, schema, head_config, weights.dense, segments)
         manifest = _describe(schema, provenance, source) | files
         if table_dtype is not TableDtype.fp32 and measure_on is not None and measure_rows > 0:
             write_manifest(plan.root, manifest)  # the scorer that measures reads it
@@ -142,34 +143,72 @@ class _Files:
     def bias_rows(self, table: str) -> Path:
         return self.fp32_dir / f"{table}{_BIAS}.npy"
 
+    def remap_slots(self, table: str) -> Path:
+        return self.fp32_dir / f"{table}{_REMAP}_slots.npy"
+
+
+_REMAP = "__remap"
+
 
 def _write_rows(
     plan: _Files, schema: Schema, weights: ModelWeights, first_order: bool, group: ExportGroup
-) -> None:
-    """Every rank's table rows into the float32 files the writer rank made at full size."""
-    tables = {plan.rows(t.name): TableShards.of(weights.tables[t.name]) for t in schema.tables}
+) -> dict[str, list[int]]:
+    """Every rank's table rows (float32) and remap slots (int64 (id, row) pairs) into the
+    files the writer rank made at full size. Returns each managed table's row shard bounds."""
+    float32, int64 = np.dtype(np.float32), np.dtype(np.int64)
+    files = {
+        plan.rows(t.name): (TableShards.of(weights.tables[t.name]), float32) for t in schema.tables
+    }
     if first_order:
-        tables |= {
-            plan.bias_rows(t.name): TableShards.of(weights.first_order[t.name])
+        files |= {
+            plan.bias_rows(t.name): (TableShards.of(weights.first_order[t.name]), float32)
             for t in schema.tables
         }
+    segments = {}
+    for t in schema.managed_tables:
+        slots, segments[t.name] = _remap_slots(*weights.remaps[t.name])
+        files[plan.remap_slots(t.name)] = (slots, int64)
     if group.is_writer:
         shutil.rmtree(plan.root, ignore_errors=True)
         for folder in (plan.root / "tables", plan.fp32_dir):
             folder.mkdir(parents=True)
-        for path, shards in tables.items():
-            create_npy(path, shards.shape, np.float32)
+        for path, (shards, dtype) in files.items():
+            create_npy(path, shards.shape, dtype)
     group.barrier()  # the files exist, at full size
-    for path, shards in tables.items():
+    for path, (shards, _) in files.items():
         write_blocks(path, shards)
     group.barrier()  # every rank's rows are in
+    return segments
+
+
+def _remap_slots(ids: Any, rows: Any) -> tuple[TableShards, list[int]]:
+    """A remap's slots this rank holds as (id, row) blocks, and the row shards' slot bounds.
+
+    Sharded (torch ShardedTensor: the remap of each row shard lives on its rank) or whole.
+    """
+    if not hasattr(ids, "local_shards"):
+        pairs = torch.stack([torch.as_tensor(ids), torch.as_tensor(rows)], dim=1)
+        return TableShards.of(pairs), [0, int(pairs.shape[0])]
+    blocks = [
+        (int(a.metadata.shard_offsets[0]), 0, torch.stack([a.tensor, b.tensor], dim=1))
+        for a, b in zip(ids.local_shards(), rows.local_shards(), strict=True)
+    ]
+    starts = sorted(int(m.shard_offsets[0]) for m in ids.metadata().shards_metadata)
+    size = int(ids.metadata().size[0])
+    return TableShards((size, 2), blocks), [*starts, size]
 
 
 def _finish_files(
-    plan: _Files, schema: Schema, head_config: AnyHeadConfig, dense: dict[str, Any]
+    plan: _Files,
+    schema: Schema,
+    head_config: AnyHeadConfig,
+    dense: dict[str, Any],
+    segments: dict[str, list[int]],
 ) -> dict[str, Any]:
     """Tables encoded as stored, and the dense part; the manifest entries that describe them."""
     tables = {t.name: _finish_table(plan, t.name, head_config.first_order) for t in schema.tables}
+    for t in schema.managed_tables:
+        tables[t.name]["remap"] = _finish_remap(plan, t, segments[t.name])
     torch.save(dense, plan.root / "dense.pt")
     return {
         "table_dtype": plan.dtype.value,
@@ -185,7 +224,7 @@ def _describe(
     """The manifest's head: format, hash rule, schema, where the model and its rows came from."""
     return {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if schema.managed_tables else PLAIN_FORMAT_VERSION,
         "recsys_version": __version__,
         "created_unix": int(time.time()),
         "hashing": HASH_RULE,
@@ -253,6 +292,28 @@ def _finish_bias(plan: _Files, name: str) -> dict:
         "file": relative,
         "dtype": bias_dtype.value,
         "sha256": sha256_file(plan.root / relative),
+    }
+
+
+def _finish_remap(plan: _Files, table: ResolvedTable, segments: list[int]) -> dict[str, Any]:
+    """A managed table's remap for serving: (id, row) of every id holding a row, sorted by id,
+    and the fallback row of each row shard (its last slot: TorchRec keeps it for misses)."""
+    slots = np.load(plan.remap_slots(table.name))
+    last = [end - 1 for end in segments[1:]]
+    if np.any(slots[last, 0] != REMAP_EMPTY_SLOT):
+        raise ValueError(f"{table.name}: a row shard's last slot holds an id, not the fallback")
+    pairs = slots[slots[:, 0] != REMAP_EMPTY_SLOT]
+    pairs = np.ascontiguousarray(pairs[np.argsort(pairs[:, 0], kind="stable")])
+    relative = f"tables/{table.name}{_REMAP}.npy"
+    np.save(plan.root / relative, pairs)
+    size = table.managed.input_hash_size
+    return {
+        "file": relative,
+        "sha256": sha256_file(plan.root / relative),
+        "ids_with_rows": int(len(pairs)),
+        "input_hash_size": size,
+        "input_block": -(-size // (len(segments) - 1)),  # ids of row shard s: [s, s + 1) * this
+        "fallback_rows": [int(slots[i, 1]) for i in last],
     }
 
 

@@ -40,7 +40,7 @@ class ClickModel(nn.Module):
     def weight_layout(self) -> WeightLayout:
         """Which state entries are which table, bias table and dense part (the head)."""
         sparse = self.sparse_arch.weight_layout().under("sparse_arch.")
-        return WeightLayout(sparse.tables, sparse.first_order, dense_prefix="head.")
+        return WeightLayout(sparse.tables, sparse.first_order, "head.", sparse.remaps)
 
 
 def build_model(

@@ -18,6 +18,8 @@ T = TypeVar("T")
 FIRST_ORDER_WIDTH = 4
 # A bias table's name is its embedding table's name with this suffix (TorchRec table names).
 FIRST_ORDER_SUFFIX = "__first_order"
+# An empty slot of a managed table's remap holds this id (TorchRec MCH's int64 max marker).
+REMAP_EMPTY_SLOT = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,20 @@ class ModelWeights:
     tables: dict[str, Any]  # physical table -> [num_buckets, dim]
     first_order: dict[str, Any]  # physical table -> its bias table [num_buckets, width]
     dense: dict[str, Any]  # the head's state dict (keys relative to the head)
+    # managed table -> (ids holding a row, their rows): the remap's state entries, [rows] each
+    remaps: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RemapKeys:
+    """State keys of a managed table's remap: the ids holding a row (sorted per row shard,
+    empty slots hold int64 max) and the row each one reads."""
+
+    ids: str
+    rows: str
+
+    def under(self, prefix: str) -> RemapKeys:
+        return RemapKeys(prefix + self.ids, prefix + self.rows)
 
 
 @dataclass(frozen=True)
@@ -36,6 +52,7 @@ class WeightLayout:
     tables: dict[str, str]  # physical table -> key of its weight
     first_order: dict[str, str] = field(default_factory=dict)  # table -> key of its bias table
     dense_prefix: str = "head."  # every key under it belongs to the dense part (the head)
+    remaps: dict[str, RemapKeys] = field(default_factory=dict)  # managed table -> its remap
 
     def under(self, prefix: str) -> WeightLayout:
         """The same layout seen from a wrapper that keeps the model at `prefix` ("model.")."""
@@ -43,6 +60,7 @@ class WeightLayout:
             {t: prefix + k for t, k in self.tables.items()},
             {t: prefix + k for t, k in self.first_order.items()},
             prefix + self.dense_prefix,
+            {t: keys.under(prefix) for t, keys in self.remaps.items()},
         )
 
     def embedding_keys(self) -> dict[str, str]:
@@ -61,4 +79,5 @@ class WeightLayout:
             tables={t: state[k] for t, k in self.tables.items()},
             first_order={t: state[k] for t, k in self.first_order.items()},
             dense={inner: state[k] for k, inner in self.dense_keys(state).items()},
+            remaps={t: (state[k.ids], state[k.rows]) for t, k in self.remaps.items()},
         )

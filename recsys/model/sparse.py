@@ -21,13 +21,17 @@ from torchrec.modules.embedding_modules import get_embedding_names_by_table
 
 from recsys.config import Combine, Pooling
 from recsys.model.combine import combine_pooled, feature_lookups
-from recsys.model.layout import FIRST_ORDER_SUFFIX, FIRST_ORDER_WIDTH, WeightLayout
-from recsys.schema import LookupPart, Schema
+from recsys.model.layout import FIRST_ORDER_SUFFIX, FIRST_ORDER_WIDTH, RemapKeys, WeightLayout
+from recsys.model.managed import REMAP_IDS, REMAP_ROWS, managed_collection
+from recsys.schema import LookupPart, ResolvedTable, Schema
 
 _POOLING = {Pooling.sum: PoolingType.SUM, Pooling.mean: PoolingType.MEAN}
 
 
-def embedding_configs(schema: Schema) -> list[EmbeddingBagConfig]:
+def embedding_configs(
+    schema: Schema, tables: tuple[ResolvedTable, ...] | None = None
+) -> list[EmbeddingBagConfig]:
+    """TorchRec configs of `tables` (all the schema's physical tables by default)."""
     return [
         EmbeddingBagConfig(
             name=t.name,
@@ -37,7 +41,7 @@ def embedding_configs(schema: Schema) -> list[EmbeddingBagConfig]:
             pooling=_POOLING[t.pooling],
             **_product_factor_init(schema, t.name),
         )
-        for t in schema.tables
+        for t in (schema.tables if tables is None else tables)
     ]
 
 
@@ -58,7 +62,9 @@ def _product_factor_init(schema: Schema, table: str) -> dict[str, float]:
     return {"weight_init_min": 1.0 - spread, "weight_init_max": 1.0 + spread}
 
 
-def first_order_configs(schema: Schema) -> list[EmbeddingBagConfig]:
+def first_order_configs(
+    schema: Schema, tables: tuple[ResolvedTable, ...] | None = None
+) -> list[EmbeddingBagConfig]:
     # Zero init: every id starts with no bias of its own, as a logistic regression would.
     return [
         EmbeddingBagConfig(
@@ -70,7 +76,7 @@ def first_order_configs(schema: Schema) -> list[EmbeddingBagConfig]:
             weight_init_min=0.0,
             weight_init_max=0.0,
         )
-        for t in schema.tables
+        for t in (schema.tables if tables is None else tables)
     ]
 
 
@@ -82,6 +88,10 @@ class SparseArch(nn.Module):
     where a second collection doubled that per-step work (it cost ~40% of the throughput).
     A bias table reads the same KJT keys as its embedding table; TorchRec then names their
     pooled outputs "<key>@<table>".
+
+    Managed tables (`hashing: managed`) sit apart, behind their remap, in a TorchRec
+    ManagedCollisionEmbeddingBagCollection (`managed`); their bias tables (`managed_bias`)
+    read the remapped ids it returns, so a bias row is always its embedding row's id's.
     """
 
     def __init__(self, schema: Schema, first_order: bool, device: torch.device | None = None):
@@ -91,20 +101,25 @@ class SparseArch(nn.Module):
         self.lookups = feature_lookups(schema)
         self.table_names = [t.name for t in schema.tables]
         self.first_order = first_order
-        configs = embedding_configs(schema) + (first_order_configs(schema) if first_order else [])
-        self.embedding_bags = EmbeddingBagCollection(tables=configs, device=device)
+        hashed = tuple(t for t in schema.tables if t.managed is None)
+        configs = embedding_configs(schema, hashed)
+        configs += first_order_configs(schema, hashed) if first_order else []
+        self.embedding_bags = EmbeddingBagCollection(configs, device=device) if hashed else None
         self._vector_keys, self._bias_keys = _pooled_keys(configs)
-        # All plain (one lookup per feature): the vectors and the biases are column blocks
-        # of the pooled output, cut out by a few slices instead of a split per feature.
-        self._plain = all(len(keys) == 1 for keys, _ in self.lookups)
+        self.managed, self.managed_bias = _managed_parts(schema, first_order, device)
+        self.managed_tables = [t.name for t in schema.managed_tables]
+        self._managed_keys = [k for t in schema.managed_tables for k in t.features]
+        # All plain (one lookup per feature, none managed): the vectors and the biases are
+        # column blocks of the pooled output, cut out by a few slices, not a split per feature.
+        self._plain = all(len(keys) == 1 for keys, _ in self.lookups) and self.managed is None
         first = [keys[0] for keys, _ in self.lookups]
-        self._vector_columns = tuple(self._vector_keys[k] for k in first)
-        self._bias_columns = tuple(self._bias_keys[k] for k in first) if first_order else ()
+        self._vector_columns = tuple(self._vector_keys.get(k, k) for k in first)
+        self._bias_columns = tuple(self._bias_keys.get(k, k) for k in first) if first_order else ()
 
     def forward(self, features: KeyedJaggedTensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        pooled = self.embedding_bags(features)
         if not self._plain:
-            return self._combined(pooled.to_dict())
+            return self._combined(self._pooled_by_key(features))
+        pooled = self.embedding_bags(features)
         vectors = _columns(pooled, self._vector_columns)
         if not self.first_order:
             return vectors, None
@@ -112,16 +127,35 @@ class SparseArch(nn.Module):
         biases = _columns(pooled, self._bias_columns)
         return vectors, biases.unflatten(1, (len(self.lookups), FIRST_ORDER_WIDTH)).sum(dim=2)
 
+    def _pooled_by_key(
+        self, features: KeyedJaggedTensor
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Lookup key -> pooled embedding, and -> pooled bias (first order), of every lookup."""
+        vectors: dict[str, torch.Tensor] = {}
+        biases: dict[str, torch.Tensor] = {}
+        if self.embedding_bags is not None:
+            by_name = self.embedding_bags(features).to_dict()
+            vectors |= {k: by_name[name] for k, name in self._vector_keys.items()}
+            biases |= {k: by_name[name] for k, name in self._bias_keys.items()}
+        if self.managed is not None:
+            # Indexed, not unpacked: TorchRec's pipeline tracer sees a proxy here.
+            out = self.managed(features)
+            by_name = out[0].to_dict()  # a key read by one table keeps its name
+            vectors |= {k: by_name[k] for k in self._managed_keys}
+            if self.managed_bias is not None:
+                by_name = self.managed_bias(out[1]).to_dict()
+                biases |= {k: by_name[k] for k in self._managed_keys}
+        return vectors, biases
+
     def _combined(
-        self, by_key: dict[str, torch.Tensor]
+        self, pooled: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Double hashing / qr: each feature's lookups joined as the schema says."""
-        vectors = {k: by_key[name] for k, name in self._vector_keys.items()}
+        """Double hashing / qr / managed: each feature's lookups joined as the schema says."""
+        vectors, biases = pooled
         # Concatenated, not stacked: dims may differ per table (model=dcn allows it).
         out = torch.cat([combine_pooled(vectors, k, c) for k, c in self.lookups], dim=1)
         if not self.first_order:
             return out, None
-        biases = {k: by_key[name] for k, name in self._bias_keys.items()}
         per_feature = [combine_pooled(biases, k, c, first_order=True) for k, c in self.lookups]
         return out, torch.stack([b.sum(dim=1) for b in per_feature], dim=1)
 
@@ -136,17 +170,43 @@ class SparseArch(nn.Module):
         return [self._table(t + FIRST_ORDER_SUFFIX).weight for t in self.table_names]
 
     def _table(self, name: str) -> nn.Module:
-        return self.embedding_bags.embedding_bags[name]
+        return self.get_submodule(self._table_key(name).removesuffix(".weight"))
+
+    def _table_key(self, name: str) -> str:
+        """State key of a table's (or bias table's) weight, by the collection holding it."""
+        table = name.removesuffix(FIRST_ORDER_SUFFIX)
+        if table not in self.managed_tables:
+            return f"embedding_bags.embedding_bags.{name}.weight"
+        if name != table:
+            return f"managed_bias.embedding_bags.{name}.weight"
+        return f"managed._embedding_module.embedding_bags.{name}.weight"
 
     def weight_layout(self) -> WeightLayout:
-        """State keys of every table and bias table (TorchRec's EmbeddingBagCollection names
-        a table's weight `embedding_bags.<table>.weight`)."""
-        key = "embedding_bags.embedding_bags.{}.weight".format
-        tables = {t: key(t) for t in self.table_names}
+        """State keys of every table, bias table and remap (TorchRec's EmbeddingBagCollection
+        names a table's weight `embedding_bags.<table>.weight`)."""
+        tables = {t: self._table_key(t) for t in self.table_names}
         first_order = {}
         if self.first_order:
-            first_order = {t: key(t + FIRST_ORDER_SUFFIX) for t in self.table_names}
-        return WeightLayout(tables, first_order, dense_prefix="")
+            first_order = {t: self._table_key(t + FIRST_ORDER_SUFFIX) for t in self.table_names}
+        remap = "managed._managed_collision_collection._managed_collision_modules.{}.{}".format
+        remaps = {
+            t: RemapKeys(remap(t, REMAP_IDS), remap(t, REMAP_ROWS)) for t in self.managed_tables
+        }
+        return WeightLayout(tables, first_order, dense_prefix="", remaps=remaps)
+
+
+def _managed_parts(
+    schema: Schema, first_order: bool, device: torch.device | None
+) -> tuple[nn.Module | None, nn.Module | None]:
+    """The managed tables behind their remaps, and their bias tables (None: none managed)."""
+    managed = schema.managed_tables
+    if not managed:
+        return None, None
+    options = {t.name: t.managed for t in managed}
+    tables = managed_collection(embedding_configs(schema, managed), options, device, first_order)
+    if not first_order:
+        return tables, None
+    return tables, EmbeddingBagCollection(first_order_configs(schema, managed), device=device)
 
 
 def _is_bias(config: EmbeddingBagConfig) -> bool:

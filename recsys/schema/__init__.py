@@ -3,7 +3,7 @@
 resolved.py   Schema and its parts (features, physical tables, lookups), JSON codec,
               fingerprint, and the difference report checkpoints give on a mismatch
 resolve.py    resolve_schema: DataConfig -> Schema, every data.* key checked
-expand.py     per-table hashing options (plain / double / qr) -> physical tables + lookups
+expand.py     per-table hashing options (plain / double / qr / managed) -> physical tables + lookups
 """
 
 from recsys.schema.expand import QUOTIENT_SUFFIX, REMAINDER_SUFFIX, SECOND_SUFFIX, expand_tables
@@ -12,6 +12,7 @@ from recsys.schema.resolved import (
     LookupPart,
     ResolvedFeature,
     ResolvedLookup,
+    ResolvedManaged,
     ResolvedTable,
     Schema,
     schema_differences,
@@ -24,6 +25,7 @@ __all__ = [
     "LookupPart",
     "ResolvedFeature",
     "ResolvedLookup",
+    "ResolvedManaged",
     "ResolvedTable",
     "Schema",
     "expand_tables",

@@ -10,8 +10,13 @@
                     combined by sum or elementwise product. No two buckets share both rows
                     (Shi et al. 2019, "Compositional Embeddings Using Complementary Partitions"):
                     memory ~ N/R + R rows instead of N.
+    hashing=managed b = 1 + mmh3(id, seed) mod (managed.input_hash_size - 1) (the 32-bit hash
+                    itself by default), then a remap (TorchRec's managed-collision module, MCH)
+                    gives b a row of its own once it earns one (admission, eviction: see
+                    `ManagedSpec`); ids without a row share the fallback row (the last row of
+                    each row shard). Row 0 is not reserved: missing ids (b = 0) are one more id.
 
-Row 0 of every physical table stays reserved for missing ids. The model sees one pooled
+Row 0 of every hashed (not managed) physical table stays reserved for missing ids. The model sees one pooled
 vector per feature either way (`recsys.model.combine`), and first-order biases of a feature's
 lookups are always summed.
 """
@@ -20,10 +25,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import replace
 
-from recsys.config import Combine, ConfigError, FeatureKind, TableHashing, TableSpec
+from recsys.config import (
+    MANAGED_INPUT_HASH_SIZE,
+    Combine,
+    ConfigError,
+    FeatureKind,
+    ManagedSpec,
+    TableHashing,
+    TableSpec,
+)
 from recsys.hashing import second_seed
-from recsys.schema.resolved import LookupPart, ResolvedFeature, ResolvedLookup, ResolvedTable
+from recsys.schema.resolved import (
+    LookupPart,
+    ResolvedFeature,
+    ResolvedLookup,
+    ResolvedManaged,
+    ResolvedTable,
+)
 
 SECOND_SUFFIX = "__h2"  # the second lookup (and table) of double hashing
 QUOTIENT_SUFFIX, REMAINDER_SUFFIX = "__q", "__r"
@@ -72,9 +92,44 @@ def _check_options(name: str, spec: TableSpec, users: list[ResolvedFeature]) -> 
             f"{key}.combine=product: id_list feature(s) {lists} read this table, and a bag's "
             f"pooled product is not a product of pools; use {key}.combine=sum."
         )
+    _check_managed(key, spec)
     for f in users:
         if not 0 <= f.seed < 2**32:
             raise ConfigError(f"data.features.{f.name}.seed={f.seed}: need 0 <= seed < 2**32.")
+
+
+def _check_managed(key: str, spec: TableSpec) -> None:
+    options = spec.managed
+    if spec.hashing is not TableHashing.managed:
+        if options != ManagedSpec():
+            raise ConfigError(f"{key}.managed applies to hashing=managed only; drop it.")
+        return
+    if spec.num_buckets is not None and spec.num_buckets < 2:
+        return  # _resolve_table names it
+    for name, value, low in (
+        ("admit_after", options.admit_after, 1),
+        ("eviction_interval", options.eviction_interval, 1),
+        ("input_hash_size", options.input_hash_size, 2),
+    ):
+        if not isinstance(value, int) or value < low:
+            raise ConfigError(f"{key}.managed.{name}={value!r}: need an integer >= {low}.")
+    if options.input_hash_size > MANAGED_INPUT_HASH_SIZE:
+        raise ConfigError(
+            f"{key}.managed.input_hash_size={options.input_hash_size}: ids are 32-bit hashes, "
+            f"so at most {MANAGED_INPUT_HASH_SIZE} (2**32 + 1, the default) values differ."
+        )
+
+
+def _managed(
+    table: ResolvedTable, spec: TableSpec, users: list[ResolvedFeature]
+) -> tuple[list[ResolvedTable], list[ResolvedLookup]]:
+    options = spec.managed
+    size = int(options.input_hash_size)
+    managed = ResolvedManaged(
+        options.eviction, int(options.admit_after), int(options.eviction_interval), size
+    )
+    lookups = [ResolvedLookup(f.name, f.name, table.name, f.seed, size) for f in users]
+    return [replace(table, managed=managed)], lookups
 
 
 def _plain(
@@ -143,7 +198,12 @@ def _qr(
     ], lookups
 
 
-_EXPAND = {TableHashing.plain: _plain, TableHashing.double: _double, TableHashing.qr: _qr}
+_EXPAND = {
+    TableHashing.plain: _plain,
+    TableHashing.double: _double,
+    TableHashing.qr: _qr,
+    TableHashing.managed: _managed,
+}
 
 
 def _reads(

@@ -14,7 +14,15 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
 
-from recsys.config import Combine, DenseTransform, FeatureKind, LabelSpec, Pooling, Tower
+from recsys.config import (
+    Combine,
+    DenseTransform,
+    FeatureKind,
+    LabelSpec,
+    ManagedEviction,
+    Pooling,
+    Tower,
+)
 
 
 class LookupPart(StrEnum):
@@ -26,12 +34,23 @@ class LookupPart(StrEnum):
 
 
 @dataclass(frozen=True)
+class ResolvedManaged:
+    """A managed table's remap (`data.tables.<t>.managed`, recsys.model.managed)."""
+
+    eviction: ManagedEviction
+    admit_after: int
+    eviction_interval: int
+    input_hash_size: int  # its lookups' ids lie in [0, input_hash_size)
+
+
+@dataclass(frozen=True)
 class ResolvedTable:
     name: str
     num_buckets: int
     embedding_dim: int
     pooling: Pooling
     features: tuple[str, ...]  # the lookup keys that read it (feature names for plain tables)
+    managed: ResolvedManaged | None = None  # hashing=managed: rows handed out by a remap
 
 
 @dataclass(frozen=True)
@@ -130,8 +149,16 @@ class Schema:
         cols = [self.label.column] + [f.column for f in self.features]
         return list(dict.fromkeys(cols))
 
+    @property
+    def managed_tables(self) -> tuple[ResolvedTable, ...]:
+        return tuple(t for t in self.tables if t.managed is not None)
+
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self), default=lambda e: e.value))
+        d = json.loads(json.dumps(asdict(self), default=lambda e: e.value))
+        for table in d["tables"]:  # left out unless set: schemas saved before it still match
+            if table["managed"] is None:
+                del table["managed"]
+        return d
 
     def fingerprint(self) -> str:
         """A short hash of everything that decides how raw rows map to table rows."""
@@ -153,12 +180,7 @@ class Schema:
                 )
                 for f in d["features"]
             ),
-            tables=tuple(
-                ResolvedTable(
-                    **{**t, "pooling": Pooling(t["pooling"]), "features": tuple(t["features"])}
-                )
-                for t in d["tables"]
-            ),
+            tables=tuple(_table_from_dict(t) for t in d["tables"]),
             lookups=tuple(
                 ResolvedLookup(
                     **{**lk, "part": LookupPart(lk["part"]), "combine": Combine(lk["combine"])}
@@ -166,6 +188,20 @@ class Schema:
                 for lk in d.get("lookups", ())
             ),
         )
+
+
+def _table_from_dict(t: dict[str, Any]) -> ResolvedTable:
+    managed = t.get("managed")
+    if managed is not None:
+        managed = ResolvedManaged(**{**managed, "eviction": ManagedEviction(managed["eviction"])})
+    return ResolvedTable(
+        **{
+            **t,
+            "pooling": Pooling(t["pooling"]),
+            "features": tuple(t["features"]),
+            "managed": managed,
+        }
+    )
 
 
 def schema_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
