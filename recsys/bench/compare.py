@@ -3,7 +3,9 @@
     .venv/bin/python -m recsys.bench.compare [--rows N] [--batch-sizes 512,4096] [--samples N]
         [--rounds N] [--json PATH] [hydra overrides of recsys' config ...]
 
-At each batch size, in one process (a world of one, gloo), with data=criteo's 26 hashed tables
+At each batch size, in one process (a world of one, gloo) and the baselines in a child process
+of their own (`recsys.bench.baseline_process`: recsys' process-wide settings would otherwise
+carry over to them), with data=criteo's 26 hashed tables
 and 13 dense features:
 
   recsys_loader     recsys with its defaults, as `make train` runs it, on its own loader
@@ -33,7 +35,8 @@ from pathlib import Path
 
 import torch
 
-from recsys.bench.baselines import DLRMShape, PlainLoop, TorchRecLoop
+from recsys.bench.baseline_process import BASELINES, BaselineProcess
+from recsys.bench.baselines import DLRMShape
 from recsys.bench.fixtures import BenchData, criteo_config, criteo_logs
 from recsys.bench.limits import (
     MachineLimits,
@@ -85,6 +88,7 @@ def contenders(
     env: DistEnv,
     steps: int,
     default_threads: int,
+    baselines: BaselineProcess,
     max_seconds: float = float("inf"),
 ) -> tuple[list[Contender], int]:
     """recsys (loader, pre-made) and the baselines at `cfg.trainer.batch_size`, built on the
@@ -108,27 +112,16 @@ def contenders(
             "recsys_premade", lambda: recsys.run(recsys.memory, max_seconds), None, cost(bias)
         ),
     ]
-    baselines = {
-        "torchrec_dlrm": (TorchRecLoop(schema, shape, batches, env.device), cost()),
-        # Plain Adagrad keeps a state per weight, not per row.
-        "plain_pytorch": (PlainLoop(schema, shape, batches, env.device), cost(0, shape.dim)),
-    }
+    # Plain Adagrad keeps a state per weight, not per row.
+    each = {"torchrec_dlrm": cost(), "plain_pytorch": cost(0, shape.dim)}
     ours = training_threads(cfg.trainer)
-    rows = [b.num_real_rows for b in batches]
-    for name, (loop, each) in baselines.items():
-        run = functools.partial(_pre_made, loop, steps, rows, max_seconds)
-        entries.append(Contender(name, run, default_threads, each))
-        if ours != default_threads:
-            entries.append(Contender(name + SAME_THREADS, run, ours, each))
+    for name in BASELINES:
+        for threads, suffix in ((default_threads, ""), (ours, SAME_THREADS)):
+            if suffix and ours == default_threads:
+                continue
+            run = functools.partial(baselines.run, name, threads, steps, max_seconds)
+            entries.append(Contender(name + suffix, run, threads, each[name]))
     return entries, steps
-
-
-def _pre_made(
-    loop: TorchRecLoop | PlainLoop, steps: int, rows: list[int], max_seconds: float
-) -> tuple[int, float]:
-    """(rows trained, seconds): the real rows of the batches the run went through."""
-    taken, seconds = loop.run(steps, max_seconds)
-    return sum(rows[i % len(rows)] for i in range(taken)), seconds
 
 
 def _cost(shape: DLRMShape, schema: Schema, batches: list[Batch]):
@@ -181,8 +174,10 @@ def compare_at(
     `overrides` (Hydra) change recsys' config, and the baselines' shapes with it."""
     cfg = criteo_config(data.parquet, "parquet", [f"trainer.batch_size={batch_size}", *overrides])
     schema = resolve_schema(cfg.data, cfg.model.embedding_dim)
-    entries, steps = contenders(cfg, schema, env, steps, limits.threads, max_seconds)
-    rates = alternate(entries, rounds)
+    baseline_overrides = [f"trainer.batch_size={batch_size}", *overrides]
+    with BaselineProcess(data.parquet, baseline_overrides, steps) as baselines:
+        entries, steps = contenders(cfg, schema, env, steps, limits.threads, baselines, max_seconds)
+        rates = alternate(entries, rounds)
     median = {name: statistics.median(r) for name, r in rates.items()}
     out = {
         "batch_size": batch_size,

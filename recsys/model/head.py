@@ -12,6 +12,7 @@ weights [B, num_sparse] (None when first_order is off); it returns logits [B].
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 from typing import ClassVar
 
@@ -99,8 +100,16 @@ def pairwise_dot(vectors: torch.Tensor) -> torch.Tensor:
     """[B, N, D] -> [B, N*(N-1)/2]: dot products of every pair (upper triangle, no diagonal)."""
     n = vectors.shape[1]
     gram = torch.bmm(vectors, vectors.transpose(1, 2))
-    rows, cols = torch.triu_indices(n, n, offset=1, device=vectors.device)
-    return gram[:, rows, cols]
+    # One index_select over the flattened Gram matrix: advanced indexing gram[:, rows, cols]
+    # costs an index_put with accumulation in backward (7% of a Criteo-layout step on CPU).
+    return gram.flatten(1).index_select(1, _upper_triangle(n, vectors.device))
+
+
+@functools.cache
+def _upper_triangle(n: int, device: torch.device) -> torch.Tensor:
+    """Flat positions (row * n + col) of the n x n upper triangle without the diagonal."""
+    rows, cols = torch.triu_indices(n, n, offset=1, device=device)
+    return rows * n + cols
 
 
 class FeatureDropout(nn.Module):

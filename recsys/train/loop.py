@@ -36,6 +36,7 @@ from recsys.distributed.env import DistEnv, lockstep
 from recsys.distributed.gather import gather_objects
 from recsys.metrics import BinaryMetrics, MetricAccumulator
 from recsys.schema import Schema
+from recsys.train.allocator import keep_freed_memory
 from recsys.train.optim import LRScheduler
 from recsys.train.steppers import TakenBatches, make_stepper
 
@@ -174,6 +175,7 @@ class Epoch:
         job.model.train()
         threads = torch.get_num_threads()
         torch.set_num_threads(training_threads(job.trainer))
+        keep_freed_memory()  # process-wide, once: per-step buffers stay mapped
         self._start()
         self._taken = taken = TakenBatches(self._batches(), _pins(job.trainer, job.env))
         bar = _progress_bar(self.dataset, job.trainer, job.env, state)
