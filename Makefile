@@ -29,7 +29,7 @@ OTHER_DATA := $(findstring data.train_path=,$(ARGS))$(if $(findstring data=,$(AR
 NEEDS_MOVIELENS := $(if $(OTHER_DATA),,yes)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data data-synth train sweep tune test test-full bench bench-data bench-quality lint fmt ui serve notebook clean
+.PHONY: help setup data data-synth train train-days sweep tune test test-full bench bench-data bench-quality lint fmt ui serve notebook clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -62,6 +62,9 @@ ifeq ($(NPROC),1)
 else
 	$(BIN)/torchrun --standalone --nproc_per_node=$(NPROC) -m recsys.cli.train hydra.run.dir=$(RUN_DIR) $(ARGS)
 endif
+
+train-days: setup ## day after day: ARGS='data.days=PATH/day=*'; warm start, next-day AUC, drift, delta exports (one process)
+	$(BIN)/python -m recsys.cli.days $(ARGS)
 
 sweep: setup $(if $(NEEDS_MOVIELENS),$(MOVIELENS)) ## Hydra multirun, e.g. ARGS='model.embedding_dim=8,16,32'; best by valid/auc
 	$(BIN)/recsys-train --multirun $(ARGS)

@@ -194,6 +194,9 @@ class ManagedSpec:
     admit_after: int = 1
     eviction_interval: int = 1  # training steps per window (rows are reassigned after each)
     input_hash_size: int = MANAGED_INPUT_HASH_SIZE  # raw ids are hashed into [1, this) first
+    # make train-days: an id not seen for this many days loses its row at the next day's start
+    # (the row is zeroed and free for new ids); None: ids keep rows until evicted
+    expire_after_days: int | None = None
 
 
 @dataclass
@@ -264,6 +267,9 @@ class DataConfig:
     # own num_buckets, as `recsys-data infer-schema` writes from the distinct counts.
     default_num_buckets: int = 1 << 18
     prepare_hint: str | None = None  # command that creates the files, shown when they are missing
+    # make train-days: a glob of day folders (`PATH/day=*`), trained in sorted order, each one
+    # warm-started from the day before and evaluated on the next (recsys.train.days)
+    days: str | None = None
 
 
 @dataclass
@@ -363,6 +369,10 @@ class TrainerConfig:
     resume: str | None = None  # latest (newest checkpoint under checkpoint.search_dir) | PATH
     warm_start: str | None = None  # export or checkpoint folder: initial tables (+ dense part)
     warm_start_skip_mismatched: bool = False  # true: a resized table starts fresh, not an error
+    warm_start_optimizer: bool = False  # from a checkpoint: its optimizer state too (train-days)
+    # managed ids that lose their rows at the warm start (.npz, one int64 array per table):
+    # written by train-days' expiry (data.tables.<t>.managed.expire_after_days)
+    warm_start_expire: str | None = None
     deterministic: bool = False  # deterministic kernels: resumes match uninterrupted runs
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from recsys.data.featurize import IN_MEMORY, FeatureArrays, RecordOrigin, featur
 from recsys.data.reader import RowReader
 from recsys.data.rowcheck import BadRowLog
 from recsys.data.source import SourceFormat, UnitError
+from recsys.export.delta import apply_deltas
 from recsys.export.manifest import MANIFEST_FILE, ExportError, Manifest, Remap, load_dense
 from recsys.export.quantize import FloatRows, Rows, load_rows
 from recsys.model.combine import combine_pooled
@@ -36,9 +37,10 @@ log = logging.getLogger(__name__)
 
 
 class Scorer:
-    """Scores raw records with an exported model."""
+    """Scores raw records with an exported model: a full export, or a full export and the
+    delta exports written after it, in order (`recsys.export.delta`)."""
 
-    def __init__(self, export_dir: Path, verify: bool = True):
+    def __init__(self, export_dir: Path, verify: bool = True, deltas: Sequence[Path] = ()):
         export_dir = Path(export_dir)
         self.manifest = Manifest.load(export_dir)
         if verify:
@@ -60,8 +62,15 @@ class Scorer:
             for n, t in self.manifest.tables.items()
             if t.get("remap")
         }
+        dense = export_dir / self.manifest.dense["file"]
+        if deltas:  # the deltas' rows over the base's, in memory; their remaps and dense part
+            patched = apply_deltas(
+                export_dir, self.manifest, deltas, self.tables, self.biases, verify
+            )
+            self.tables, self.biases, dense = patched.tables, patched.biases, patched.dense
+            self.remaps = {n: Remap.load(*where) for n, where in patched.remaps.items()}
         self.head = build_head(_head_config(self.manifest))
-        self.head.load_state_dict(load_dense(export_dir / self.manifest.dense["file"]))
+        self.head.load_state_dict(load_dense(dense))
         self.head.eval()
 
     def with_tables(

@@ -50,7 +50,7 @@ from recsys.train.record import provenance, record_start
 from recsys.train.result import TrainResult
 from recsys.train.seeding import configure_determinism, seed_everything
 from recsys.train.validate import validate
-from recsys.train.warm_start import WarmStartReport, warm_start
+from recsys.train.warm_start import WarmStartReport, load_expiry, warm_start
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +158,8 @@ class TrainRecipe:
             return warm_start(
                 trainer.warm_start, training.model, training.layout, self.schema, env,
                 trainer.warm_start_skip_mismatched,
+                optimizer=training.optimizer if trainer.warm_start_optimizer else None,
+                expire=load_expiry(trainer.warm_start_expire),
             )  # fmt: skip
         return None
 

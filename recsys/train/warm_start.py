@@ -4,8 +4,16 @@ The source is a serving export (`export/` folder with manifest.json), a checkpoi
 or a run folder (its newest checkpoint, else its export). Tables are matched by name. A table
 whose bucket count or dim changed cannot be copied: an error names it, or, with
 `trainer.warm_start_skip_mismatched=true`, it keeps its fresh initialization (with a warning).
-Optimizer state is not carried over: the new run starts its own (a new learning schedule on
-new days of data).
+Optimizer state is not carried over unless asked (`trainer.warm_start_optimizer`, from a
+checkpoint whose tables all fit): train-days carries it from day to day, so a row's adaptive
+step size does not restart every day.
+
+Managed tables (`hashing: managed`) carry their remap (which id holds which row, the eviction
+counts, the step counter): only a checkpoint has all of it, so a managed table is refused from
+an export. `expire` (train-days' `expire_after_days`) then takes rows back from ids not seen
+for days: each such id leaves the remap (its slot empty, its counts zero) and its row and bias
+row are zeroed; the row is free for the next new id (whose assignment re-initializes it and
+its optimizer state, `recsys.distributed.sharding._CpuManagedCollection._evict`).
 
 Sharded tables: every rank copies its own shards' slices (from the shard metadata offsets) out
 of the full array, so this works for table-, row-, column-wise and replicated tables alike.
@@ -14,6 +22,7 @@ of the full array, so this works for table-, row-, column-wise and replicated ta
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,13 +38,15 @@ from torch.distributed.tensor import DTensor
 from recsys.distributed.env import DistEnv
 from recsys.export.manifest import MANIFEST_FILE, Manifest, load_dense
 from recsys.export.quantize import load_rows
-from recsys.model.layout import FIRST_ORDER_SUFFIX, WeightLayout
+from recsys.model.layout import FIRST_ORDER_SUFFIX, REMAP_EMPTY_SLOT, WeightLayout
 from recsys.schema import Schema
 from recsys.train.checkpoint import (
     CHECKPOINTS_DIR,
     META_FILE,
     MODEL_SECTION,
+    OPTIMIZER_SECTION,
     CheckpointError,
+    _init_optimizer_state,
     read_dcp_metadata,
     read_meta,
     resolve_checkpoint,
@@ -53,6 +64,9 @@ class WarmStartReport:
     tables: list[str] = field(default_factory=list)  # copied
     skipped: list[str] = field(default_factory=list)  # shape changed or absent in the source
     dense: bool = False  # the dense part was copied too
+    remaps: list[str] = field(default_factory=list)  # managed tables whose remap was copied
+    optimizer: bool = False  # the optimizer state was copied too
+    expired: dict[str, int] = field(default_factory=dict)  # managed table -> ids that lost rows
 
 
 def warm_start(
@@ -62,23 +76,38 @@ def warm_start(
     schema: Schema,
     env: DistEnv,
     skip_mismatched: bool,
+    optimizer: Any = None,
+    expire: dict[str, np.ndarray] | None = None,
 ) -> WarmStartReport:
-    """Copy matching tables (and the dense part) from `source` into `model`, whose state
-    entries `layout` names. All ranks call it."""
+    """Copy matching tables (and the dense part, managed remaps) from `source` into `model`,
+    whose state entries `layout` names. All ranks call it.
+
+    Args:
+        optimizer: also copy its state from a checkpoint source (None: it starts fresh).
+        expire: managed table -> hashed ids (int64) that lose their rows (None: none).
+    """
     kind, path = locate_source(Path(source))
     state = model.state_dict()
     if kind == "export":
+        _refuse_managed_from_export(path, layout, skip_mismatched)
         report = _from_export(path, state, layout, skip_mismatched)
     else:
         report = _from_checkpoint(path, state, layout, schema, skip_mismatched)
+    for table, ids in (expire or {}).items():
+        if table in report.remaps:
+            report.expired[table] = expire_ids(state, layout, table, ids)
     model.load_state_dict(state)
+    if optimizer is not None and kind == "checkpoint":
+        report.optimizer = _copy_optimizer(path, optimizer, report)
     if env.is_main:
         log.info(
-            "warm start from %s: tables %s%s, dense part %s",
+            "warm start from %s: tables %s%s, dense part %s, optimizer %s%s",
             path,
             report.tables,
             f" (kept fresh: {report.skipped})" if report.skipped else "",
             "copied" if report.dense else "fresh",
+            "copied" if report.optimizer else "fresh",
+            f", expired ids {report.expired}" if report.expired else "",
         )
     return report
 
@@ -186,6 +215,13 @@ def _from_checkpoint(
         if _accept(problem, name, report, skip):
             wanted[_MODEL + key] = state[key]
             report.tables.append(name)
+    for table in layout.remaps:
+        keys = _remap_state_keys(state, layout, table)
+        if table in report.tables and all(
+            saved_sizes.get(_MODEL + k) == tuple(state[k].shape) for k in keys
+        ):
+            wanted.update({_MODEL + k: state[k] for k in keys})
+            report.remaps.append(table)
     dense = list(layout.dense_keys(state))
     dense_ok = all(saved_sizes.get(_MODEL + k) == tuple(state[k].shape) for k in dense)
     if dense_ok:
@@ -262,3 +298,111 @@ def copy_full_into(target: Any, full: torch.Tensor) -> None:
         target.to_local().detach().copy_(full[index])
     else:
         target.detach().copy_(full)
+
+
+# --------------------------------------------------------------------- managed remaps, optimizer
+
+
+def _refuse_managed_from_export(path: Path, layout: WeightLayout, skip: bool) -> None:
+    """An export's remap lacks the eviction counts and step: its rows without the remap would
+    be read by other ids, so a managed table warm-starts only from a checkpoint."""
+    if layout.remaps and not skip:
+        raise CheckpointError(
+            f"trainer.warm_start={path} is an export, and managed tables {sorted(layout.remaps)} "
+            f"need their remap state (ids, counts, step), which only a checkpoint holds: point "
+            f"trainer.warm_start at the run folder or its checkpoints/step_N, or set "
+            f"trainer.warm_start_skip_mismatched=true to start those tables fresh."
+        )
+
+
+def _remap_state_keys(state: dict[str, Any], layout: WeightLayout, table: str) -> list[str]:
+    """Every state entry of a managed table's remap module (ids, rows, eviction counts, step
+    counter): the entries beside the ids the layout names."""
+    module = layout.remaps[table].ids.rpartition(".")[0] + "."
+    return [k for k in state if k.startswith(module)]
+
+
+def _local_parts(value: Any) -> list[tuple[int, torch.Tensor]]:
+    """(first row, tensor) of every part of `value` this rank holds (a plain tensor: all)."""
+    if isinstance(value, ShardedTensor):
+        with warnings.catch_warnings():  # DCP's ShardedTensor deprecation: nothing to act on
+            warnings.simplefilter("ignore", FutureWarning)
+            shards = value.local_shards()
+        return [(int(s.metadata.shard_offsets[0]), s.tensor) for s in shards]
+    if isinstance(value, DTensor):
+        raise CheckpointError("expiring managed ids of a DTensor remap is not supported")
+    return [(0, value)]
+
+
+@torch.no_grad()
+def expire_ids(state: dict[str, Any], layout: WeightLayout, table: str, ids: np.ndarray) -> int:
+    """Take rows back from `ids` (hashed, pre-remap) in a managed table's remap state, in place.
+
+    Each remap part (one per row shard, sorted by id, its last slot the fallback) loses the
+    ids: their slots become empty (int64 max, counts 0) and move to the end of the part's
+    sorted ids, before the fallback slot (a stable sort keeps it last). Their rows (and bias
+    rows) are zeroed. Returns how many ids this rank's parts took rows back from.
+    """
+    keys = layout.remaps[table]
+    module = keys.ids.rpartition(".")[0] + "."
+    metadata = [
+        k
+        for k in _remap_state_keys(state, layout, table)
+        if k.startswith(module + "_mch_") and k not in (keys.ids, keys.rows)
+    ]
+    wanted = torch.from_numpy(np.unique(np.asarray(ids, dtype=np.int64)))
+    freed_rows: list[torch.Tensor] = []
+    parts = zip(
+        _local_parts(state[keys.ids]),
+        _local_parts(state[keys.rows]),
+        *[_local_parts(state[k]) for k in metadata],
+        strict=True,
+    )
+    for (_, slot_ids), (_, slot_rows), *meta in parts:
+        gone = torch.isin(slot_ids, wanted) & (slot_ids != REMAP_EMPTY_SLOT)
+        if not bool(gone.any()):
+            continue
+        freed_rows.append(slot_rows[gone].clone())
+        slot_ids[gone] = REMAP_EMPTY_SLOT
+        for _, counts in meta:
+            counts[gone] = 0
+        order = torch.sort(slot_ids, stable=True).indices
+        for tensor in (slot_ids, slot_rows, *(m for _, m in meta)):
+            tensor.copy_(tensor[order])
+    rows = torch.cat(freed_rows) if freed_rows else torch.empty(0, dtype=torch.int64)
+    for key in (layout.tables[table], layout.first_order.get(table)):
+        if key is not None:
+            _zero_rows(state[key], rows)
+    return int(rows.numel())
+
+
+def _zero_rows(weight: Any, rows: torch.Tensor) -> None:
+    """Zero the given global rows of a table in the parts this rank holds."""
+    for start, part in _local_parts(weight):
+        local = rows[(rows >= start) & (rows < start + part.shape[0])] - start
+        part[local] = 0
+
+
+def _copy_optimizer(path: Path, optimizer: Any, report: WarmStartReport) -> bool:
+    """The optimizer state from a checkpoint, when every table and the dense part were copied
+    (a fresh table's or dense part's state would not fit); else it starts fresh."""
+    if report.skipped or not report.dense:
+        log.warning("warm start: tables or the dense part start fresh, so the optimizer does too")
+        return False
+    _init_optimizer_state(optimizer)
+    optim_state = optimizer.state_dict()
+    dcp.load(
+        {OPTIMIZER_SECTION: optim_state},
+        storage_reader=SafeFileSystemReader(path),
+        planner=DefaultLoadPlanner(allow_partial_load=True),
+    )
+    optimizer.load_state_dict(optim_state)
+    return True
+
+
+def load_expiry(path: str | None) -> dict[str, np.ndarray] | None:
+    """`trainer.warm_start_expire`: managed table -> hashed ids losing their rows (an .npz)."""
+    if path is None:
+        return None
+    with np.load(path, allow_pickle=False) as ids:
+        return {table: ids[table].astype(np.int64) for table in ids.files}
