@@ -247,10 +247,33 @@ def _left_buffer(read: list[_Done], buffer: list[pa.Table]) -> Iterator[_Done]:
 
 
 def _mix(buffer: list[pa.Table], rng: np.random.Generator | None) -> pa.Table:
-    table = pa.concat_tables(buffer)
+    table = pa.concat_tables(_same_types(buffer))
     if rng is None:
         return table
     return table.take(pa.array(rng.permutation(table.num_rows)))
+
+
+def _same_types(tables: list[pa.Table]) -> list[pa.Table]:
+    """`tables` with one type per column: an id column read as a dictionary from one file and
+    plain from another (`recsys.data.source` reads near-unique ids plain) is decoded."""
+    if all(t.schema == tables[0].schema for t in tables):
+        return tables
+    mixed = {
+        name
+        for t in tables
+        for name, kind in zip(t.schema.names, t.schema.types, strict=True)
+        if kind != tables[0].schema.field(name).type
+    }
+    return [_decoded(t, mixed) for t in tables]
+
+
+def _decoded(table: pa.Table, names: set[str]) -> pa.Table:
+    for name in names:
+        kind = table.schema.field(name).type
+        if pa.types.is_dictionary(kind):
+            i = table.schema.get_field_index(name)
+            table = table.set_column(i, name, table.column(name).cast(kind.value_type))
+    return table
 
 
 def _estimate_text_rows(fs, units: list[WorkUnit]) -> int:
