@@ -8,6 +8,8 @@ Usage::
     recsys-data stats [hydra overrides, e.g. data=criteo data.train_path=...] [--json PATH]
     recsys-data infer-schema FILE... [--name NAME] [--label COL] [--out conf/data/NAME.yaml]
     recsys-data adult [--data-dir data/adult] [--force]
+    recsys-data days split INPUT... --out DIR [--period day|week] [--column timestamp]
+    recsys-data days synth --out DIR [--days 8] [--rows 20000] [--seed 0]
 
 The logic lives in importable modules (`data_tools.*`, `recsys.data.stats`); this file only
 parses arguments, calls them and prints what they return.
@@ -155,6 +157,48 @@ def _add_criteo(commands: argparse._SubParsersAction) -> None:
     criteo.add_argument("--compression", default="zstd", help="Parquet codec (default zstd)")
 
 
+def _add_days(commands: argparse._SubParsersAction) -> None:
+    """The options of `python -m data_tools.days`, whose functions do the work."""
+    days = commands.add_parser(
+        "days",
+        help="day folders for make train-days: split a log by day or week, or synthetic days",
+        description="Write the day folders `make train-days ARGS='data.days=DIR/day=*'` trains "
+        "(data_tools/days.py): a time-ordered log split by day or week, or synthetic days with "
+        "drift planted.",
+    )
+    actions = days.add_subparsers(dest="days_command", required=True, metavar="{split,synth}")
+    split = actions.add_parser(
+        "split",
+        help="split time-ordered Parquet logs by day or week",
+        description="Write OUT/<period>=<first date>/part-0.parquet (UTC dates; a week starts "
+        "on Monday), so the folders sort in time order.",
+    )
+    split.add_argument("inputs", nargs="+", help="Parquet files with COLUMN in Unix seconds")
+    split.add_argument("--out", type=Path, required=True, help="output folder")
+    split.add_argument(
+        "--period",
+        choices=["day", "week"],
+        default="day",
+        help="a folder per day, or per week from Monday (default: %(default)s)",
+    )
+    split.add_argument(
+        "--column", default="timestamp", help="the time column, Unix seconds (default: %(default)s)"
+    )
+    synth = actions.add_parser(
+        "synth",
+        help="synthetic days with drift planted",
+        description="Write OUT/day=<d>/part-0.parquet with the columns of `recsys-data "
+        "movielens` (data=movielens reads them) from a drifting planted model, and the "
+        "planted CTR per day in OUT/days.json.",
+    )
+    synth.add_argument("--out", type=Path, required=True, help="output folder")
+    synth.add_argument("--days", type=_count, default=8, help="day folders (default: %(default)s)")
+    synth.add_argument("--rows", type=_count, default=20_000, help="rows a day (default 20000)")
+    synth.add_argument(
+        "--seed", type=int, default=0, help="the planted model and draws (default 0)"
+    )
+
+
 _STATS_HELP = "per-feature rows, missing rate, distinct ids and collision rate of a data config"
 _STATS_DESCRIPTION = (
     "Summarize the data a config names, e.g. "
@@ -190,7 +234,15 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="recsys-data", description="Fetch, convert, generate and summarize data sets."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_movielens, _add_adult, _add_synth, _add_criteo, _add_stats, _add_infer):
+    for add in (
+        _add_movielens,
+        _add_adult,
+        _add_synth,
+        _add_criteo,
+        _add_stats,
+        _add_infer,
+        _add_days,
+    ):
         add(commands)
     return parser
 
@@ -304,6 +356,16 @@ def _synth(args: argparse.Namespace) -> None:
     print(f"  best achievable AUC = AUC(label, p_true) = {report.auc_p_true:.4f}")
 
 
+def _days(args: argparse.Namespace) -> None:
+    from data_tools.days import drifting_days, split_by_time
+
+    if args.days_command == "split":
+        folders = split_by_time(args.inputs, args.out, args.column, args.period)
+    else:
+        folders = drifting_days(args.out, args.days, args.rows, args.seed)
+    print(f"{len(folders)} folders under {args.out}: {folders[0].name} .. {folders[-1].name}")
+
+
 def _criteo(args: argparse.Namespace) -> None:
     from data_tools.criteo import BadLinePolicy, ConvertOptions, convert_criteo
 
@@ -370,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         "synth": _synth,
         "criteo-to-parquet": _criteo,
         "infer-schema": _infer,
+        "days": _days,
     }
     try:
         commands.get(args.command, _stats)(args)

@@ -3,6 +3,10 @@
 INPUT is read as the training data was (the export's manifest records data.format, header and
 columns); `--format` reads it as another format instead. Never guessed from the file name.
 
+With `--delta DIR` (repeatable) the model is EXPORT_DIR with the delta exports `make train-days`
+wrote after it (`day_<d>_<name>/delta`) applied in the order given: each is checked to follow
+the one before, and a broken chain is an error naming the delta.
+
 With `--tower user|item` (two-tower exports, model=mf) it writes one side's vectors instead:
 OUTPUT gets a `vector` and a `bias` per input row, and INPUT needs only that side's columns.
 
@@ -42,6 +46,15 @@ def main(argv: list[str] | None = None) -> int:
         help="read INPUT as this format (default: the training data's, from the manifest)",
     )
     parser.add_argument(
+        "--delta",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a delta export (make train-days: day_<d>_<name>/delta) applied over EXPORT_DIR; "
+        "repeat it for each day after EXPORT_DIR's, in the order they were written",
+    )
+    parser.add_argument(
         "--tower",
         choices=["user", "item"],
         help="write this side's two-tower vectors and biases instead of scores (model=mf)",
@@ -51,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     from recsys.export.scorer import Scorer  # torch import: after argument errors surface
 
     try:
-        scorer = Scorer(args.export_dir)
+        scorer = Scorer(args.export_dir, deltas=args.delta)
         if args.tower:
             rows = scorer.tower_file(
                 args.input, args.output, args.tower, args.batch_rows, args.format

@@ -175,6 +175,7 @@ def _day_config(
     """Day `index`'s run: its rows, the next day's as eval rows (its own on the last day),
     warm-started from the day before with its optimizer state, nested under the parent run."""
     nxt = days[index + 1] if index + 1 < len(days) else days[index]
+    # days=None: a day is a single run, and validate refuses data.days on one
     data = replace(cfg.data, train_path=days[index], eval_path=nxt, days=None)
     trainer = replace(
         cfg.trainer,

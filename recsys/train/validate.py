@@ -42,6 +42,7 @@ def validate(cfg: TrainConfig) -> Schema:
             value and the valid values or what to do.
     """
     check_choices(cfg)
+    check_single_run(cfg)
     if cfg.data.eval_path is None:
         raise ConfigError("data.eval_path is not set: give the rows to evaluate on.")
     check_holdout(cfg.data.holdout)
@@ -74,6 +75,18 @@ def check_choices(node: Any, key: str = "") -> None:
                 f"{where}={value!r} is not a valid choice; use one of {[c.value for c in choice]}."
             )
         check_choices(value, where)
+
+
+def check_single_run(cfg: TrainConfig) -> None:
+    """`data.days` belongs to `make train-days`, which trains each day as a run without it: a
+    run that gets it would train data.train_path alone and ignore the days."""
+    if cfg.data.days:
+        raise ConfigError(
+            f"data.days={cfg.data.days}: a single training run ignores it (it trains "
+            f"data.train_path once). To train day after day, run "
+            f"make train-days ARGS='data.days={cfg.data.days}' (recsys.train.days); "
+            f"otherwise drop data.days."
+        )
 
 
 def check_holdout(holdout: HoldoutConfig) -> None:

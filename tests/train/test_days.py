@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,67 +14,23 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from recsys.compose import load_config
 from recsys.data.featurize import featurize
 from recsys.export.delta import Delta, write_delta
 from recsys.export.manifest import ExportError, Manifest
 from recsys.export.quantize import load_rows
 from recsys.export.scorer import Scorer
 from recsys.model.layout import REMAP_EMPTY_SLOT, RemapKeys, WeightLayout
-from recsys.train.days import NEXT_DAY_AUC, DaysResult, run_days
+from recsys.train.days import NEXT_DAY_AUC
 from recsys.train.warm_start import expire_ids
-from tests.synthetic import make_click_log, write_tiny_log
+from tests.days import Days, day_rows
 
 TOL = 1e-5
-DAYS = 3
-NEW_USERS = 1000  # day k brings users k * NEW_USERS + 1.., seen on that day only
-MANAGED = [
-    "data.tables.user_id.hashing=managed",
-    "data.tables.user_id.num_buckets=96",
-    "data.tables.user_id.managed.expire_after_days=1",
-]
 
 
-@dataclass(frozen=True)
-class Days:
-    root: Path
-    folders: list[Path]
-    result: DaysResult
-    uri: str
-
-
-def _write_days(root: Path) -> list[Path]:
-    folders = []
-    for k in range(DAYS):
-        folder = root / "days" / f"day=0{k}"
-        folder.mkdir(parents=True)
-        rows = pa.concat_tables(
-            [make_click_log(400, seed=10 + k), make_click_log(100, seed=20 + k, user_offset=NEW_USERS * (k + 1))]
-        )  # fmt: skip
-        pq.write_table(rows, folder / "part-0.parquet")
-        folders.append(folder)
-    return folders
-
-
-@pytest.fixture(scope="module")
-def days(tmp_path_factory: pytest.TempPathFactory) -> Days:
-    root = tmp_path_factory.mktemp("days")
-    folders = _write_days(root)
-    log = write_tiny_log(root)
-    base = [o for o in log.overrides if not o.startswith(("data.train_path", "data.eval_path"))]
-    uri = f"sqlite:///{root}/mlruns.db"
-    overrides = base + MANAGED + [
-        f"data.days='{root}/days/day=*'",
-        "trainer.epochs=1",
-        f"tracking.uri={uri}",
-        "tracking.experiment=days",
-    ]  # fmt: skip
-    result = run_days(load_config(overrides, output_dir=str(root / "out")))
-    return Days(root, folders, result, uri)
-
-
-def _rows(folder: Path) -> pa.Table:
-    return pq.read_table(folder / "part-0.parquet")
+@pytest.fixture
+def days(trained_days: Days) -> Days:
+    """The three days of tests/days.py, trained once per session (tests/conftest.py)."""
+    return trained_days
 
 
 # ------------------------------------------------------------------------ days, end to end
@@ -90,7 +45,7 @@ def test_each_day_trains_on_its_rows_and_is_scored_on_the_next_day(days: Days) -
     for day, nxt in zip(result.days, result.days[1:], strict=False):
         assert nxt.warm_start == str(day.output_dir)  # day d+1 starts from day d
         predicted = pq.read_table(day.output_dir / "eval_predictions.parquet")["prob"]
-        scored = Scorer(day.export_dir).score(_rows(days.folders[day.index + 1]))
+        scored = Scorer(day.export_dir).score(day_rows(days.folders[day.index + 1]))
         np.testing.assert_allclose(scored, predicted.to_numpy(), rtol=0, atol=TOL)
         assert 0.5 < day.metrics[NEXT_DAY_AUC] < 1.0
     assert NEXT_DAY_AUC not in result.days[-1].metrics  # no next day
@@ -119,7 +74,7 @@ def test_one_parent_run_with_a_child_per_day_and_the_day_metrics(days: Days) -> 
 def test_new_id_share_counts_ids_never_seen_on_an_earlier_day(days: Days) -> None:
     seen: set[int] = set()
     for day, folder in zip(days.result.days, days.folders, strict=True):
-        users = set(_rows(folder)["user_id"].to_pylist())
+        users = set(day_rows(folder)["user_id"].to_pylist())
         want = len(users - seen) / len(users)
         assert day.metrics["new_ids/user_id"] == pytest.approx(want, abs=1e-12)
         seen |= users
@@ -143,7 +98,7 @@ def test_the_delta_chain_scores_as_the_full_export(days: Days) -> None:
     deltas = [d.delta_dir for d in days.result.days[1:]]
     full = Scorer(days.result.days[-1].export_dir)
     chained = Scorer(base, deltas=deltas)
-    rows = pa.concat_tables([_rows(f) for f in days.folders])
+    rows = pa.concat_tables([day_rows(f) for f in days.folders])
     np.testing.assert_allclose(chained.score(rows), full.score(rows), rtol=0, atol=TOL)
     delta = Delta.load(deltas[-1])
     assert (
@@ -189,7 +144,7 @@ def test_expired_managed_ids_lose_their_rows_and_the_remap_carries_over(days: Da
     schema = Manifest.load(days.result.days[0].export_dir).schema
 
     def hashed(folder: Path) -> set[int]:
-        return set(featurize(_rows(folder), schema).ids["user_id"].tolist())
+        return set(featurize(day_rows(folder), schema).ids["user_id"].tolist())
 
     seen = [hashed(f) for f in days.folders]
     expired = set(np.load(days.result.days[2].output_dir / "expire.npz")["user_id"].tolist())

@@ -113,6 +113,18 @@ def test_bad_value_names_the_key(overrides: list[str], match: str) -> None:
         validate(cfg)
 
 
+def test_days_on_a_single_run_points_to_train_days(tmp_path: Path) -> None:
+    """A plain run would train data.train_path and ignore the days: refused, naming the
+    command that trains them (whose per-day runs drop data.days: tests/train/test_days.py)."""
+    cfg = load_config([f"data.days='{tmp_path}/day=*'"])
+    with pytest.raises(ConfigError) as info:
+        validate(cfg)
+    message = str(info.value)
+    assert f"data.days={tmp_path}/day=*" in message
+    assert f"make train-days ARGS='data.days={tmp_path}/day=*'" in message
+    validate(replace(cfg, data=replace(cfg.data, days=None)))
+
+
 def test_resume_and_warm_start_together(tmp_path: Path) -> None:
     cfg = load_config([f"trainer.resume={tmp_path}", f"trainer.warm_start={tmp_path}"])
     with pytest.raises(ConfigError, match=r"trainer\.resume and trainer\.warm_start"):
