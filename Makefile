@@ -29,7 +29,7 @@ OTHER_DATA := $(findstring data.train_path=,$(ARGS))$(if $(findstring data=,$(AR
 NEEDS_MOVIELENS := $(if $(OTHER_DATA),,yes)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data data-synth train train-days sweep tune test test-full bench bench-data bench-quality lint fmt ui serve notebook clean
+.PHONY: help setup data data-synth train train-days sweep tune test test-full bench bench-data bench-quality bench-hashing lint fmt ui serve notebook clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -86,6 +86,9 @@ bench-data: setup ## data benchmarks only: hashing ids/s and loader rows/s (Parq
 
 bench-quality: setup ## defaults vs hashed LR vs FM on MovieLens, adult, 3 synthetic worlds; mean +- sd over SEEDS
 	$(BIN)/python -m recsys.bench.quality --seeds $(SEEDS) $(ARGS)
+
+bench-hashing: setup ## collision study: eval AUC as id tables shrink to 1/100 of the ids, plain/double/qr/managed (ARGS=--quick: smoke run)
+	$(BIN)/python -m recsys.bench.collisions $(if $(findstring --quick,$(ARGS)),,--seeds $(SEEDS)) $(ARGS)
 
 lint: setup ## ruff lint and format check
 	$(BIN)/ruff check .

@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -148,6 +149,11 @@ def train_once(overrides: list[str], config_dir: str | None = None) -> dict[str,
 
 
 def _run_one(request: dict) -> None:
+    print(json.dumps(run_metrics(request)))
+
+
+def run_metrics(request: dict) -> dict[str, float]:
+    """Train one run in this process (what `train_once`'s child does); its final metrics."""
     from recsys.compose import load_config
     from recsys.train.recipe import run
 
@@ -163,21 +169,26 @@ def _run_one(request: dict) -> None:
         metrics["valid/auc"] = validated[-1]["valid/auc"]
         if cfg.trainer.early_stopping.restore_best and "best/valid_auc" in metrics:
             metrics["valid/auc"] = metrics["best/valid_auc"]
-    print(json.dumps(metrics))
+    return metrics
+
+
+#: Trains one run: (overrides, config dir) -> its final metrics.
+Trainer = Callable[[list[str], str | None], dict[str, float]]
 
 
 class RunCache:
     """Finished runs by their exact overrides, in a JSON file: a study stopped or widened
     later reruns only what it has not measured (same code, same data files)."""
 
-    def __init__(self, path: Path | None):
+    def __init__(self, path: Path | None, train: Trainer = train_once):
         self.path = path
+        self.train = train  # how a run not in the cache is trained (a test: in process)
         self.runs = json.loads(path.read_text()) if path and path.exists() else {}
 
     def get(self, overrides: list[str], config_dir: str | None) -> dict[str, float]:
         key = shlex.join([*(["--config-dir", config_dir] if config_dir else []), *overrides])
         if key not in self.runs:
-            self.runs[key] = train_once(overrides, config_dir)
+            self.runs[key] = self.train(overrides, config_dir)
             if self.path is not None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self.path.write_text(json.dumps(self.runs, indent=1))
