@@ -15,9 +15,9 @@ and 13 dense features:
 
 Rounds alternate over the contenders (each round starting one further along), so drift of a
 shared machine hits all of them alike; the report gives medians. Baselines run with torch's
-default intra-op threads, what a user's script gets; recsys picks its own
-(`recsys.train.loop.training_threads`), and each baseline runs once more at that count
-(`<name>_recsys_threads`) to show what the choice alone is worth. Each rate is also a
+default intra-op threads, what a user's script gets; recsys times its candidate counts and
+keeps the faster (`recsys.train.threads`), and each baseline runs once more at the count that
+leaves the loader a core (`<name>_recsys_threads`) to show what threads alone are worth. Each rate is also a
 fraction of the machine's limits (`recsys.bench.limits`).
 """
 
@@ -51,7 +51,7 @@ from recsys.data.batch import Batch
 from recsys.distributed.env import DistEnv, init_distributed, shutdown_distributed
 from recsys.model.layout import FIRST_ORDER_WIDTH
 from recsys.schema import Schema, resolve_schema
-from recsys.train.loop import training_threads
+from recsys.train.threads import candidate_threads
 
 SAME_THREADS = "_recsys_threads"  # suffix of a baseline run at recsys' thread count
 # ratio key -> (numerator, denominator, target): what each ratio in the report is. The
@@ -90,7 +90,7 @@ def contenders(
     default_threads: int,
     baselines: BaselineProcess,
     max_seconds: float = float("inf"),
-) -> tuple[list[Contender], int]:
+) -> tuple[list[Contender], int, RecsysRuns]:
     """recsys (loader, pre-made) and the baselines at `cfg.trainer.batch_size`, built on the
     same batches, and the steps each run trains (fewer than `steps` if the file is short).
     A run stops early after `max_seconds`: a collapsed contender still reports its rate.
@@ -114,14 +114,14 @@ def contenders(
     ]
     # Plain Adagrad keeps a state per weight, not per row.
     each = {"torchrec_dlrm": cost(), "plain_pytorch": cost(0, shape.dim)}
-    ours = training_threads(cfg.trainer)
+    ours = candidate_threads(cfg.trainer)[0]  # the count that leaves the loader a core
     for name in BASELINES:
         for threads, suffix in ((default_threads, ""), (ours, SAME_THREADS)):
             if suffix and ours == default_threads:
                 continue
             run = functools.partial(baselines.run, name, threads, steps, max_seconds)
             entries.append(Contender(name + suffix, run, threads, each[name]))
-    return entries, steps
+    return entries, steps, recsys
 
 
 def _cost(shape: DLRMShape, schema: Schema, batches: list[Batch]):
@@ -176,15 +176,18 @@ def compare_at(
     schema = resolve_schema(cfg.data, cfg.model.embedding_dim)
     baseline_overrides = [f"trainer.batch_size={batch_size}", *overrides]
     with BaselineProcess(data.parquet, baseline_overrides, steps) as baselines:
-        entries, steps = contenders(cfg, schema, env, steps, limits.threads, baselines, max_seconds)
+        entries, steps, recsys = contenders(
+            cfg, schema, env, steps, limits.threads, baselines, max_seconds
+        )
         rates = alternate(entries, rounds)
+    chosen = recsys.chosen_threads()  # recsys' counts after their last trials
     median = {name: statistics.median(r) for name, r in rates.items()}
     out = {
         "batch_size": batch_size,
         "steps": steps,
         "rounds": rounds,
         "max_seconds_per_run": max_seconds,
-        "threads": {c.name: c.threads or training_threads(cfg.trainer) for c in entries},
+        "threads": {c.name: c.threads or chosen[c.name] for c in entries},
         "samples_per_s": median,
         "rounds_samples_per_s": rates,
         "cost_per_sample": {c.name: c.cost.to_dict() for c in entries},

@@ -26,7 +26,6 @@ from recsys.bench.fixtures import BenchData, criteo_config, criteo_logs
 from recsys.bench.training import RecsysRuns
 from recsys.distributed.env import init_distributed, shutdown_distributed
 from recsys.schema import resolve_schema
-from recsys.train.loop import training_threads
 
 _RESULT = "BENCH_RESULT "  # the line of a child's output that carries its measurement
 
@@ -43,7 +42,7 @@ def child(parquet: Path, batch_size: int, steps: int, overrides: list[str]) -> d
         runs.job.trainer.max_steps = steps
         dist.barrier()
         samples, seconds = runs.run(runs.loader)
-        threads = training_threads(cfg.trainer)
+        threads = runs.job.thread_chooser().chosen
     finally:
         shutdown_distributed()
     if env.rank != 0:

@@ -17,7 +17,7 @@ while it trains.
 from __future__ import annotations
 
 import logging
-import os
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -39,6 +39,7 @@ from recsys.schema import Schema
 from recsys.train.allocator import keep_freed_memory
 from recsys.train.optim import LRScheduler
 from recsys.train.steppers import TakenBatches, make_stepper
+from recsys.train.threads import GIL_SWITCH_SECONDS, ThreadChooser, candidate_threads
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,13 @@ class TrainJob:
     trainer: TrainerConfig
     env: DistEnv
     scheduler: LRScheduler | None = None
+    # Intra-op threads, chosen by timing steps; kept across epochs (recsys.train.threads).
+    threads: ThreadChooser | None = None
+
+    def thread_chooser(self) -> ThreadChooser:
+        if self.threads is None:
+            self.threads = ThreadChooser(candidate_threads(self.trainer))
+        return self.threads
 
     def reached_max_steps(self, state: TrainState) -> bool:
         return self.trainer.max_steps is not None and state.step >= self.trainer.max_steps
@@ -173,8 +181,9 @@ class Epoch:
     def _run(self) -> Iterator[StepReport]:
         job, state = self.job, self.state
         job.model.train()
-        threads = torch.get_num_threads()
-        torch.set_num_threads(training_threads(job.trainer))
+        threads, switch = torch.get_num_threads(), sys.getswitchinterval()
+        chooser = job.thread_chooser()
+        sys.setswitchinterval(GIL_SWITCH_SECONDS)  # the loader thread yields the GIL sooner
         keep_freed_memory()  # process-wide, once: per-step buffers stay mapped
         self._start()
         self._taken = taken = TakenBatches(self._batches(), _pins(job.trainer, job.env))
@@ -182,12 +191,14 @@ class Epoch:
         window = _Window(job.env.device)
         try:
             while not job.reached_max_steps(state):
+                chooser.before_step()
                 started = time.perf_counter()
                 if job.scheduler is not None:
                     job.scheduler.apply(state.step)  # before the step: the fused kernels read it
                 batch = self._step(taken, window)
                 if batch is None:
                     break
+                chooser.record(time.perf_counter() - started)
                 window.seconds += time.perf_counter() - started
                 metrics = {}
                 if state.step % job.trainer.log_every_n_steps == 0:
@@ -200,6 +211,7 @@ class Epoch:
             bar.close()
             self._release()
             torch.set_num_threads(threads)
+            sys.setswitchinterval(switch)
 
     def _start(self) -> None:
         state, resume = self.state, self._resume
@@ -225,23 +237,6 @@ class Epoch:
         self.state.progress.record(batch)
         window.add(loss, logits, batch)
         return batch
-
-
-def training_threads(trainer: TrainerConfig) -> int:
-    """Intra-op threads while training: this process's share of the cores, less one for the
-    loader (its read-ahead thread, or its worker processes).
-
-    More threads than free cores is far worse than one too few: torch's OpenMP threads wait
-    for each other at the end of every parallel op, so one the OS has parked (for the loader,
-    or another process) stalls them all for a scheduler time slice. Measured on 2 cores that
-    other processes kept busy: 2 threads trained 30-200x slower than 1 (`make bench`). An
-    explicit OMP_NUM_THREADS (torchrun sets 1 when it starts several processes) is kept.
-    """
-    if "OMP_NUM_THREADS" in os.environ:
-        return torch.get_num_threads()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    per_process = (cores or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    return max(1, per_process - max(1, trainer.num_workers))
 
 
 def _pins(trainer: TrainerConfig, env: DistEnv) -> bool:
@@ -307,4 +302,4 @@ def _global_sum(values: torch.Tensor, env: DistEnv) -> torch.Tensor:
     return values.cpu()
 
 
-__all__ = ["Epoch", "StepReport", "TrainJob", "TrainState", "training_threads"]
+__all__ = ["Epoch", "StepReport", "TrainJob", "TrainState"]
