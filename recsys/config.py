@@ -334,7 +334,7 @@ class EarlyStoppingConfig:
 @dataclass
 class TrainerConfig:
     device: Device = Device.cpu
-    epochs: int = 3
+    epochs: int = 10  # an upper bound (early stopping): conf/trainer/cpu.yaml says why
     max_steps: int | None = None  # stop after this many steps, whatever the epoch count
     batch_size: int = 512
     eval_batch_size: int = 4096
