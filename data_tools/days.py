@@ -128,25 +128,63 @@ def _day_rows(
     return table, p_true
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data_tools.days", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    split = commands.add_parser("split", help="split time-ordered Parquet logs by day or week")
-    split.add_argument("inputs", nargs="+")
-    split.add_argument("--out", type=Path, required=True)
-    split.add_argument("--period", choices=sorted(_PERIOD_SECONDS), default="day")
-    split.add_argument("--column", default="timestamp")
-    synth = commands.add_parser("synth", help="synthetic days with drift planted")
-    synth.add_argument("--out", type=Path, required=True)
-    synth.add_argument("--days", type=int, default=8)
-    synth.add_argument("--rows", type=int, default=20_000)
-    synth.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    if args.command == "split":
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    """The `split` and `synth` commands, for this module's CLI and `recsys-data days`."""
+    split = commands.add_parser(
+        "split",
+        help="split time-ordered Parquet logs by day or week",
+        description="Write OUT/<period>=<first date>/part-0.parquet (UTC dates; a week starts "
+        "on Monday), so the folders sort in time order.",
+    )
+    split.add_argument("inputs", nargs="+", help="Parquet files with COLUMN in Unix seconds")
+    split.add_argument("--out", type=Path, required=True, help="output folder")
+    split.add_argument(
+        "--period",
+        choices=sorted(_PERIOD_SECONDS),
+        default="day",
+        help="a folder per day, or per week from Monday (default: %(default)s)",
+    )
+    split.add_argument(
+        "--column", default="timestamp", help="the time column, Unix seconds (default: %(default)s)"
+    )
+    synth = commands.add_parser(
+        "synth",
+        help="synthetic days with drift planted",
+        description="Write OUT/day=<d>/part-0.parquet with the columns of `recsys-data "
+        "movielens` (data=movielens reads them) from a drifting planted model, and the "
+        "planted CTR per day in OUT/days.json.",
+    )
+    synth.add_argument("--out", type=Path, required=True, help="output folder")
+    synth.add_argument("--days", type=_count, default=8, help="day folders (default: %(default)s)")
+    synth.add_argument("--rows", type=_count, default=20_000, help="rows a day (default 20000)")
+    synth.add_argument(
+        "--seed", type=int, default=0, help="the planted model and draws (default 0)"
+    )
+
+
+def run(command: str, args: argparse.Namespace) -> list[Path]:
+    """Run `split` or `synth` with the options `add_commands` parsed; the folders written."""
+    if command == "split":
         folders = split_by_time(args.inputs, args.out, args.column, args.period)
     else:
         folders = drifting_days(args.out, args.days, args.rows, args.seed)
     print(f"{len(folders)} folders under {args.out}: {folders[0].name} .. {folders[-1].name}")
+    return folders
+
+
+def _count(text: str) -> int:
+    """A count written as 20000, 20_000 or 2e4."""
+    value = float(text.replace("_", ""))
+    if value != int(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole, non-negative number")
+    return int(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m data_tools.days", description=__doc__)
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    run(args.command, args)
     return 0
 
 
@@ -154,4 +192,4 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
-__all__ = ["drifting_days", "split_by_time"]
+__all__ = ["add_commands", "drifting_days", "run", "split_by_time"]

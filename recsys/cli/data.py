@@ -158,7 +158,7 @@ def _add_criteo(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_days(commands: argparse._SubParsersAction) -> None:
-    """The options of `python -m data_tools.days`, whose functions do the work."""
+    """`python -m data_tools.days`'s commands (data_tools/days.py defines and runs them)."""
     days = commands.add_parser(
         "days",
         help="day folders for make train-days: split a log by day or week, or synthetic days",
@@ -166,37 +166,9 @@ def _add_days(commands: argparse._SubParsersAction) -> None:
         "(data_tools/days.py): a time-ordered log split by day or week, or synthetic days with "
         "drift planted.",
     )
-    actions = days.add_subparsers(dest="days_command", required=True, metavar="{split,synth}")
-    split = actions.add_parser(
-        "split",
-        help="split time-ordered Parquet logs by day or week",
-        description="Write OUT/<period>=<first date>/part-0.parquet (UTC dates; a week starts "
-        "on Monday), so the folders sort in time order.",
-    )
-    split.add_argument("inputs", nargs="+", help="Parquet files with COLUMN in Unix seconds")
-    split.add_argument("--out", type=Path, required=True, help="output folder")
-    split.add_argument(
-        "--period",
-        choices=["day", "week"],
-        default="day",
-        help="a folder per day, or per week from Monday (default: %(default)s)",
-    )
-    split.add_argument(
-        "--column", default="timestamp", help="the time column, Unix seconds (default: %(default)s)"
-    )
-    synth = actions.add_parser(
-        "synth",
-        help="synthetic days with drift planted",
-        description="Write OUT/day=<d>/part-0.parquet with the columns of `recsys-data "
-        "movielens` (data=movielens reads them) from a drifting planted model, and the "
-        "planted CTR per day in OUT/days.json.",
-    )
-    synth.add_argument("--out", type=Path, required=True, help="output folder")
-    synth.add_argument("--days", type=_count, default=8, help="day folders (default: %(default)s)")
-    synth.add_argument("--rows", type=_count, default=20_000, help="rows a day (default 20000)")
-    synth.add_argument(
-        "--seed", type=int, default=0, help="the planted model and draws (default 0)"
-    )
+    from data_tools.days import add_commands
+
+    add_commands(days.add_subparsers(dest="days_command", required=True, metavar="{split,synth}"))
 
 
 _STATS_HELP = "per-feature rows, missing rate, distinct ids and collision rate of a data config"
@@ -357,13 +329,9 @@ def _synth(args: argparse.Namespace) -> None:
 
 
 def _days(args: argparse.Namespace) -> None:
-    from data_tools.days import drifting_days, split_by_time
+    from data_tools.days import run
 
-    if args.days_command == "split":
-        folders = split_by_time(args.inputs, args.out, args.column, args.period)
-    else:
-        folders = drifting_days(args.out, args.days, args.rows, args.seed)
-    print(f"{len(folders)} folders under {args.out}: {folders[0].name} .. {folders[-1].name}")
+    run(args.days_command, args)
 
 
 def _criteo(args: argparse.Namespace) -> None:
