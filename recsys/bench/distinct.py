@@ -17,10 +17,9 @@ import argparse
 import json
 import shutil
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
+from recsys.bench.child import run_child
 from recsys.bench.fixtures import BENCH_DIR, criteo_config, criteo_logs
 from recsys.bench.memory import _peak_mib
 
@@ -56,13 +55,7 @@ def child(path: str, eval_path: str, steps: int) -> dict:
 
 def measure(path: Path, eval_path: Path, steps: int) -> dict:
     command = ["--child", str(path), str(eval_path), str(steps)]
-    out = subprocess.run(
-        [sys.executable, "-m", "recsys.bench.distinct", *command],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    return run_child("recsys.bench.distinct", command, f"training on {path}")
 
 
 def bench_distinct(

@@ -14,10 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
-import sys
 from pathlib import Path
 
+from recsys.bench.child import run_child
 from recsys.bench.fixtures import big_tsv, criteo_config, criteo_logs
 
 ROWS_PER_MB = 4_100  # raw Criteo-layout TSV from synth: about 243 bytes per row
@@ -57,13 +56,8 @@ def child(path: str, mode: str, steps: int) -> dict:
 
 
 def measure(path: Path, mode: str, steps: int) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-m", "recsys.bench.memory", "--child", str(path), mode, str(steps)],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    row = json.loads(out.strip().splitlines()[-1])
+    command = ["--child", str(path), mode, str(steps)]
+    row = run_child("recsys.bench.memory", command, f"{mode} on {path}")
     return {"file_mib": path.stat().st_size / 2**20 if path.is_file() else _dir_mib(path), **row}
 
 

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from recsys.bench.child import run_child
 from recsys.bench.fixtures import BENCH_DIR
 
 SYNTH_ROOT = Path("data/synth")
@@ -138,14 +139,8 @@ def train_once(overrides: list[str], config_dir: str | None = None) -> dict[str,
     """Train one run in a fresh process; its final metrics (valid/* of the kept model too)."""
     with tempfile.TemporaryDirectory(dir=BENCH_DIR.parent if BENCH_DIR.exists() else None) as out:
         request = {"overrides": overrides, "config_dir": config_dir, "output_dir": out}
-        done = subprocess.run(
-            [sys.executable, "-m", "recsys.bench.quality", "--one", json.dumps(request)],
-            capture_output=True,
-            text=True,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"run {shlex.join(overrides)} failed:\n{done.stderr[-3000:]}")
-        return json.loads(done.stdout.strip().splitlines()[-1])
+        command = ["--one", json.dumps(request)]
+        return run_child("recsys.bench.quality", command, f"run {shlex.join(overrides)}")
 
 
 def _run_one(request: dict) -> None:

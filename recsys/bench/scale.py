@@ -18,11 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+from recsys.bench.child import run_child
 from recsys.bench.fixtures import BENCH_DIR, criteo_config, criteo_logs
 from recsys.bench.memory import _peak_mib
 
@@ -69,12 +68,11 @@ def _run_dir(phase: str, rows: int) -> Path:
 
 
 def measure(phase: str, rows: int, steps: int, train_rows: int) -> dict:
-    args = [sys.executable, "-m", "recsys.bench.scale", "--child", phase, str(rows), str(steps)]
-    proc = subprocess.run([*args, str(train_rows)], capture_output=True, text=True)
-    shutil.rmtree(_run_dir(phase, rows), ignore_errors=True)  # checkpoints, exports: GBs
-    if proc.returncode != 0:
-        raise RuntimeError(f"{phase} at {rows:,} table rows failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    command = ["--child", phase, str(rows), str(steps), str(train_rows)]
+    try:
+        return run_child("recsys.bench.scale", command, f"{phase} at {rows:,} table rows")
+    finally:
+        shutil.rmtree(_run_dir(phase, rows), ignore_errors=True)  # checkpoints, exports: GBs
 
 
 def bench_scale(
