@@ -112,9 +112,9 @@ class SparseArch(nn.Module):
         # All plain (one lookup per feature, none managed): the vectors and the biases are
         # column blocks of the pooled output, cut out by a few slices, not a split per feature.
         self._plain = all(len(keys) == 1 for keys, _ in self.lookups) and self.managed is None
-        first = [keys[0] for keys, _ in self.lookups]
-        self._vector_columns = tuple(self._vector_keys.get(k, k) for k in first)
-        self._bias_columns = tuple(self._bias_keys.get(k, k) for k in first) if first_order else ()
+        first = [keys[0] for keys, _ in self.lookups] if self._plain else []
+        self._vector_columns = tuple(self._vector_keys[k] for k in first)
+        self._bias_columns = tuple(self._bias_keys[k] for k in first) if first_order else ()
 
     def forward(self, features: KeyedJaggedTensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         if not self._plain:

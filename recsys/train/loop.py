@@ -198,8 +198,9 @@ class Epoch:
                 batch = self._step(taken, window)
                 if batch is None:
                     break
-                chooser.record(time.perf_counter() - started)
-                window.seconds += time.perf_counter() - started
+                seconds = time.perf_counter() - started
+                chooser.record(seconds)
+                window.seconds += seconds
                 metrics = {}
                 if state.step % job.trainer.log_every_n_steps == 0:
                     metrics = _window_metrics(window, job, state, bar)
