@@ -1,12 +1,21 @@
-"""Stopping the servers tests start (mlflow ui / server / models serve) in their own process
-group: the leader and its uvicorn workers, whatever state they are in."""
+"""Processes tests start: a free local port for them, and stopping the servers (mlflow ui /
+server / models serve) in their own process group: the leader and its uvicorn workers,
+whatever state they are in."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
+import socket
 import subprocess
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def stop_group(proc: subprocess.Popen, grace_s: float) -> None:

@@ -5,7 +5,6 @@ result equals the single-process exact metrics (AUC within its stated bound, <= 
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from recsys.metrics import MetricAccumulator, auc, compute_binary_metrics
 from recsys.metrics.binary import GATHER_ROWS
 from recsys.metrics.predictions import PredictionSpill
 from recsys.metrics.streaming import BinarySums, histogram_auc
+from tests.processes import free_port
 
 SIZES = (30_001, 50_000)  # uneven ranks, more rows than MetricAccumulator gathers
 # Scores squeezed into a range no fixed grid resolves, and ordinary ones.
@@ -32,12 +32,6 @@ def _rank_rows(rank: int, kind: str) -> tuple[torch.Tensor, ...]:
         logit = 3.0 + 1e-5 * torch.tanh(logit)  # float32: a few dozen distinct values
     weight = torch.rand(n, generator=g) + 0.5
     return torch.arange(n) + rank * 10**6, logit, y, weight
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, port: int, out: str) -> None:
@@ -69,7 +63,7 @@ def _worker(rank: int, port: int, out: str) -> None:
 
 @pytest.mark.distributed
 def test_two_ranks_equal_one_exact_process(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(2)]
     assert ranks[0] == ranks[1]  # every rank gets the global result
     for kind in KINDS:

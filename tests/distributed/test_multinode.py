@@ -8,7 +8,6 @@ The job must train, checkpoint, resume and export exactly as `make train NPROC=2
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 from pathlib import Path
 
@@ -17,20 +16,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from recsys.export.scorer import Scorer
+from tests.processes import free_port
 from tests.synthetic import REPO_ROOT, make_train
 
 TORCHRUN = REPO_ROOT / ".venv" / "bin" / "torchrun"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def two_node_train(out: Path, overrides: list[str], job: str) -> list[subprocess.CompletedProcess]:
     """The README's multi-node command, one launcher per "host", both on 127.0.0.1."""
-    port = _free_port()
+    port = free_port()
     cmd = [
         str(TORCHRUN),
         "--nnodes=2",

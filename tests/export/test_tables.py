@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ from recsys.export.writer import write_export
 from recsys.model.layout import ModelWeights
 from recsys.model.registry import build_head, head_config
 from recsys.schema import resolve_schema
+from tests.processes import free_port
 from tests.synthetic import write_tiny_log
 
 
@@ -77,12 +77,6 @@ def _model(overrides: list[str]):
     return schema, config, ModelWeights(tables, first_order, build_head(config).state_dict())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, port: int, root: str, dtype: str, overrides: list[str]) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
@@ -101,7 +95,7 @@ def _worker(rank: int, port: int, root: str, dtype: str, overrides: list[str]) -
 @pytest.mark.parametrize("dtype", [TableDtype.fp32, TableDtype.int8])
 def test_two_ranks_write_the_export_one_process_writes(tmp_path: Path, dtype: TableDtype) -> None:
     overrides = write_tiny_log(tmp_path).overrides
-    args = (_free_port(), str(tmp_path), dtype.value, overrides)
+    args = (free_port(), str(tmp_path), dtype.value, overrides)
     mp.spawn(_worker, args=args, nprocs=2, join=True)
     schema, config, whole = _model(overrides)
     one = write_export(tmp_path / "one", schema, config, whole, table_dtype=dtype)

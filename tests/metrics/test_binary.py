@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ from recsys.metrics import (
     log_loss,
     normalized_entropy,
 )
+from tests.processes import free_port
 
 
 @pytest.fixture(autouse=True)
@@ -176,12 +176,6 @@ def test_accumulator_single_process_matches_full_batch() -> None:
     assert acc.compute() == compute_binary_metrics(labels, probs)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 _RANK_SIZES = (613, 1377)
 
 
@@ -209,7 +203,7 @@ def test_accumulator_two_rank_gloo_is_exact(tmp_path: Path) -> None:
     world_size = 2
     mp.spawn(
         _distributed_worker,
-        args=(world_size, _free_port(), str(tmp_path)),
+        args=(world_size, free_port(), str(tmp_path)),
         nprocs=world_size,
         join=True,
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ from sklearn.metrics import log_loss as sk_log_loss
 from sklearn.metrics import roc_auc_score
 
 from recsys.metrics import MetricAccumulator, auc, compute_binary_metrics, log_loss
+from tests.processes import free_port
 
 SIZES = (701, 1299)  # rows on rank 0 and rank 1: unequal on purpose
 
@@ -54,12 +54,6 @@ def test_auc_and_log_loss_equal_sklearn(seed: int, weighted: bool) -> None:
     assert metrics.calibration == pytest.approx(np.sum(w * probs) / np.sum(w * labels), rel=1e-12)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, port: int, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
@@ -74,7 +68,7 @@ def _worker(rank: int, port: int, out: str) -> None:
 
 @pytest.mark.distributed
 def test_two_gloo_processes_equal_one_process_and_sklearn(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(2)]
     assert ranks[0] == ranks[1]  # every rank gets the global result
     parts = [_data(n, 10 + r) for r, n in enumerate(SIZES)]

@@ -14,7 +14,6 @@ import contextlib
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -30,7 +29,7 @@ import pytest
 from recsys.compose import load_config
 from recsys.tracking.urls import experiment_url, run_url
 from recsys.train.recipe import run
-from tests.processes import stop_group
+from tests.processes import free_port, stop_group
 from tests.synthetic import write_tiny_log
 
 if TYPE_CHECKING:
@@ -70,12 +69,6 @@ class Served:
     digests: dict[str, str]  # dataset context ("train", "eval") -> digest
     model_version: str
     plots: list[str]  # file names under the run's plots/
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_until_up(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -136,7 +129,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("mlflow_ui")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     trained = _train(root, uri)
-    port = _free_port()
+    port = free_port()
     cmd = [
         str(Path(sys.executable).with_name("mlflow")), "ui",
         "--backend-store-uri", uri,

@@ -10,7 +10,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from mlflow import MlflowClient
 
 from recsys.config import TrackingConfig
 from recsys.tracking import MlflowTracker, TrackingError, open_tracker
+from tests.processes import free_port
 
 STARTUP_DEADLINE_S = 120.0
 HTTP_VARS = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
@@ -76,12 +76,6 @@ def test_refused_calls_are_reported_not_claimed_finished(
 # ------------------------------------------------------------------- outage (real server)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start_server(root: Path, port: int) -> subprocess.Popen[bytes]:
     """`mlflow server` on 127.0.0.1:`port` over the store in `root`; waits until it answers."""
     cmd = [
@@ -132,7 +126,7 @@ def _log_steps(tracker: MlflowTracker, steps: range, pause_s: float) -> list[flo
 
 @pytest.mark.slow
 def test_server_outage_mid_run_loses_no_metric(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     server = _start_server(tmp_path, port)
     try:
         cfg = TrackingConfig(uri=f"http://127.0.0.1:{port}", experiment="outage", required=True)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -27,17 +26,11 @@ from recsys.schema import Schema, resolve_schema
 from recsys.tracking import MlflowTracker
 from recsys.tracking.model import CHAMPION_ALIAS, ModelVersionInfo, log_and_register
 from recsys.train.recipe import TrainResult, run
-from tests.processes import stop_group
+from tests.processes import free_port, stop_group
 from tests.synthetic import make_click_log, write_tiny_log
 
 SERVER_START_TIMEOUT_S = 180  # the server imports torch and the scorer: slow on 2 busy cores
 MODEL = "tiny"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _train(tmp_path: Path, uri: str) -> tuple[TrainResult, Schema]:
@@ -173,7 +166,7 @@ def test_registered_champion_serves_the_scores_of_recsys_score(
                          str(tmp_path / "scores.parquet")]) == 0  # fmt: skip
     expected = pq.read_table(tmp_path / "scores.parquet").column("score").to_numpy()
 
-    port, log_path = _free_port(), tmp_path / "serve.log"
+    port, log_path = free_port(), tmp_path / "serve.log"
     server["proc"] = proc = _serve(uri, port, log_path)
     _wait_for_ping(proc, port, log_path)
     served = _invoke(port, _as_request(records, schema))
