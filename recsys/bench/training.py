@@ -30,7 +30,7 @@ from recsys.distributed.env import DistEnv, init_distributed, shutdown_distribut
 from recsys.schema import Schema, resolve_schema
 from recsys.train.build import build_training, datasets
 from recsys.train.loop import Epoch, TrainJob, TrainState
-from recsys.train.threads import ThreadChooser
+from recsys.train.threads import ThreadChooser, candidate_threads
 
 
 class PremadeBatches(IterableDataset):
@@ -75,7 +75,9 @@ class RecsysRuns:
         training = build_training(cfg, schema, env)
         cfg.trainer.max_steps = steps  # TrainState starts at step 0 in every run
         self.job = TrainJob(training.model, training.optimizer, schema, cfg.trainer, env)
-        self._choosers: dict[int, ThreadChooser | None] = {}
+        # Threads are chosen per source: what suits pre-made batches need not suit the loader.
+        candidates = candidate_threads(cfg.trainer)
+        self._choosers = {name: ThreadChooser(candidates) for name in SOURCES}
 
     @functools.cached_property
     def memory(self) -> PremadeBatches:
@@ -87,8 +89,7 @@ class RecsysRuns:
     ) -> tuple[int, float]:
         """(samples trained, seconds) of one epoch of at most `steps` steps, ended early
         when `max_seconds` have passed."""
-        # Threads are chosen per source: what suits pre-made batches need not suit the loader.
-        self.job.threads = self._choosers.setdefault(id(dataset), None)
+        self.job.threads = self._choosers[LOADER if dataset is self.loader else PREMADE]
         state = TrainState()
         start = time.perf_counter()
         with Epoch(self.job, dataset, state) as epoch:
@@ -97,17 +98,15 @@ class RecsysRuns:
                     break
         seconds = time.perf_counter() - start
         epoch.end()
-        self._choosers[id(dataset)] = self.job.threads
         return state.samples, seconds
 
     def chosen_threads(self) -> dict[str, int]:
-        """recsys_loader / recsys_premade -> the thread count each last chose (0: not run)."""
-        names = {id(self.loader): "recsys_loader", id(self.memory): "recsys_premade"}
-        return {names[k]: _chosen(c) for k, c in self._choosers.items() if k in names}
+        """recsys_premade / recsys_loader -> the thread count each chose last."""
+        return {name: chooser.chosen for name, chooser in self._choosers.items()}
 
 
-def _chosen(chooser: ThreadChooser | None) -> int:
-    return chooser.chosen if chooser is not None else 0
+LOADER, PREMADE = "recsys_loader", "recsys_premade"  # the contenders' names in `make bench`
+SOURCES = (LOADER, PREMADE)
 
 
 def bench_training(cfg: TrainConfig, steps: int, rounds: int) -> dict:
