@@ -1,8 +1,9 @@
 """Intra-op threads while training, chosen by timing steps.
 
 Neither "all the cores" nor "all but one for the loader" is right everywhere. On 2 quiet
-cores torch's 2 OpenMP threads trained 17% faster than 1 at batch 512 and 43% faster at 4096
-(`make bench`); on 2 cores that other processes kept busy, 2 threads trained 4x slower at
+cores TorchRec's loop with 2 OpenMP threads ran 11-13% slower than with 1 at batch 512 in
+three runs and 17% faster in a fourth, and 25-51% faster at 4096 in three (`make bench`); on
+2 cores that other processes kept busy, 2 threads trained 4x slower at
 4096 and up to 200x slower at 512, because OpenMP threads wait for each other at the end of
 every parallel op and one the OS has parked stalls them all for a time slice. So the loop
 times both and keeps the faster: `ThreadChooser` trains a few steps at each candidate count,
