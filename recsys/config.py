@@ -279,6 +279,7 @@ class ModelConfig:
     dense_arch: list[int] = field(default_factory=lambda: [32])  # hidden sizes; -> embedding_dim
     over_arch: list[int] = field(default_factory=lambda: [64, 32])  # hidden sizes; -> 1 logit
     first_order: bool = True  # a learned bias per id (wide part), as in wide-and-deep / FM
+    bias_in_rows: bool = False  # first-order biases in the embedding rows: one lookup per id
     deep_embeddings: bool = False  # over arch also reads the embeddings (DeepFM-style)
     dropout: float = 0.2
     # model=dcn: cross layers x_{l+1} = x0 * (W x_l + b) + x_l on concat(dense, embeddings)

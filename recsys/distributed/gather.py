@@ -107,6 +107,24 @@ def _local_shards(value: Any, env: DistEnv) -> TableShards:
     return TableShards(shape, blocks)
 
 
+def held_parts(value: Any) -> list[tuple[int, int, torch.Tensor]]:
+    """(first row, first column, tensor) of every part of a table state entry this rank
+    holds, a replicated table's copy included (unlike `local_shards`): views, to write into."""
+    if isinstance(value, ShardedTensor):
+        with warnings.catch_warnings():  # ShardedTensor's deprecation, nothing a user can act on
+            warnings.simplefilter("ignore", FutureWarning)
+            return [
+                (int(s.metadata.shard_offsets[0]), int(s.metadata.shard_offsets[1]), s.tensor)
+                for s in value.local_shards()
+            ]
+    if isinstance(value, DTensor):
+        _, offsets = compute_local_shape_and_global_offset(
+            value.shape, value.device_mesh, value.placements
+        )
+        return [(int(offsets[0]), int(offsets[1]), value.to_local())]
+    return [(0, 0, value)]
+
+
 def export_group(env: DistEnv) -> ExportGroup:
     """All ranks, writing one export together (its staging folder named by rank 0's pid)."""
     if env.world_size == 1:

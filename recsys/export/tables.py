@@ -36,6 +36,18 @@ class TableShards:
     shape: tuple[int, int]
     blocks: list[Block] = field(default_factory=list)
 
+    def columns(self, wanted: slice) -> TableShards:
+        """The same table cut to the columns `wanted` (a step-1 slice): each block's views."""
+        start, stop, _ = wanted.indices(self.shape[1])
+        if (start, stop) == (0, self.shape[1]):
+            return self
+        blocks = []
+        for row, column, block in self.blocks:
+            first, end = max(start, column), min(stop, column + block.shape[1])
+            if first < end:
+                blocks.append((row, first - start, block[:, first - column : end - column]))
+        return TableShards((self.shape[0], stop - start), blocks)
+
     @staticmethod
     def of(table: Any) -> TableShards:
         """A whole table (tensor or array) held by this rank, or TableShards as they are."""

@@ -95,7 +95,7 @@ def write_export(
         segments = _write_rows(plan, schema, weights, head_config.first_order, group)
         if not group.is_writer:
             return export_dir
-        files = _finish_files(plan, schema, head_config, weights.dense, segments)
+        files = _finish_files(plan, schema, head_config, weights, segments)
         manifest = _describe(schema, provenance, source) | files
         if table_dtype is not TableDtype.fp32 and measure_on is not None and measure_rows > 0:
             write_manifest(plan.root, manifest)  # the scorer that measures reads it
@@ -202,14 +202,17 @@ def _finish_files(
     plan: _Files,
     schema: Schema,
     head_config: AnyHeadConfig,
-    dense: dict[str, Any],
+    weights: ModelWeights,
     segments: dict[str, list[int]],
 ) -> dict[str, Any]:
     """Tables encoded as stored, and the dense part; the manifest entries that describe them."""
-    tables = {t.name: _finish_table(plan, t.name, head_config.first_order) for t in schema.tables}
+    tables = {
+        t.name: _finish_table(plan, t.name, head_config.first_order, weights.bias_scale)
+        for t in schema.tables
+    }
     for t in schema.managed_tables:
         tables[t.name]["remap"] = _finish_remap(plan, t, segments[t.name])
-    torch.save(dense, plan.root / "dense.pt")
+    torch.save(weights.dense, plan.root / "dense.pt")
     return {
         "table_dtype": plan.dtype.value,
         "table_bytes": table_bytes(plan.root),
@@ -245,7 +248,7 @@ def _dense_entry(root: Path, head_config: AnyHeadConfig) -> dict[str, Any]:
     }
 
 
-def _finish_table(plan: _Files, name: str, first_order: bool) -> dict:
+def _finish_table(plan: _Files, name: str, first_order: bool, bias_scale: dict[str, float]) -> dict:
     """One table's stored files (encoded from its float32 rows a chunk at a time)."""
     root, dtype, relative = plan.root, plan.dtype, f"tables/{name}.npy"
     params = f"tables/{name}__row_params.npy"
@@ -270,20 +273,21 @@ def _finish_table(plan: _Files, name: str, first_order: bool) -> dict:
             "sha256": sha256_file(root / params),
         }
     if first_order:
-        entry["first_order"] = _finish_bias(plan, name)
+        entry["first_order"] = _finish_bias(plan, name, bias_scale.get(name, 1.0))
     return entry
 
 
-def _finish_bias(plan: _Files, name: str) -> dict:
-    """Serving needs only the bias itself: the kernel-alignment columns summed away, stored as
-    `first_order_dtype` (and, when that is not float32, kept as float32 for the measure)."""
+def _finish_bias(plan: _Files, name: str, scale: float) -> dict:
+    """Serving needs only the bias itself: the kernel-alignment columns summed away (times
+    `scale`: a bias folded into its row is their mean), stored as `first_order_dtype` (and,
+    when that is not float32, kept as float32 for the measure)."""
     relative, bias_dtype = f"tables/{name}{_BIAS}.npy", first_order_dtype(plan.dtype)
     targets = {plan.root / relative: _NUMPY_DTYPE[bias_dtype]}
     if bias_dtype is not TableDtype.fp32:
         targets[plan.fp32_dir / f"{name}{_BIAS}_sum.npy"] = np.float32
 
     def summed(rows: np.ndarray) -> tuple[np.ndarray, ...]:
-        bias = rows.sum(axis=1, keepdims=True, dtype=np.float32)
+        bias = rows.sum(axis=1, keepdims=True, dtype=np.float32) * np.float32(scale)
         stored = encode(bias, bias_dtype, f"{name} (first order)").values
         return (stored, bias)[: len(targets)]
 

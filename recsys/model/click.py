@@ -7,6 +7,8 @@ device or process group; `recsys.train` wraps it. Which head is picked by `model
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 from torchrec import KeyedJaggedTensor
@@ -24,7 +26,7 @@ class ClickModel(nn.Module):
     def __init__(self, schema: Schema, config: ModelConfig, device: torch.device | None = None):
         super().__init__()
         self.head_config = head_config(schema, config)
-        self.sparse_arch = SparseArch(schema, config.first_order, device)
+        self.sparse_arch = SparseArch(schema, config.first_order, device, config.bias_in_rows)
         self.head = build_head(self.head_config)
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
@@ -40,7 +42,7 @@ class ClickModel(nn.Module):
     def weight_layout(self) -> WeightLayout:
         """Which state entries are which table, bias table and dense part (the head)."""
         sparse = self.sparse_arch.weight_layout().under("sparse_arch.")
-        return WeightLayout(sparse.tables, sparse.first_order, "head.", sparse.remaps)
+        return replace(sparse, dense_prefix="head.")
 
 
 def build_model(

@@ -16,6 +16,9 @@ T = TypeVar("T")
 # Width of each first-order (per-id bias) table. One column would do, but FBGEMM's sharded
 # kernels need a multiple of 4 columns, so the bias is the sum of 4 learned columns.
 FIRST_ORDER_WIDTH = 4
+# A bias folded into its embedding row is the mean of its columns (recsys.model.sparse says
+# why); a bias table's is their sum.
+BIAS_IN_ROW_SCALE = 1.0 / FIRST_ORDER_WIDTH
 # A bias table's name is its embedding table's name with this suffix (TorchRec table names).
 FIRST_ORDER_SUFFIX = "__first_order"
 # An empty slot of a managed table's remap holds this id (TorchRec MCH's int64 max marker).
@@ -31,6 +34,8 @@ class ModelWeights:
     dense: dict[str, Any]  # the head's state dict (keys relative to the head)
     # managed table -> (ids holding a row, their rows): the remap's state entries, [rows] each
     remaps: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    # table -> what its bias columns' sum is multiplied by to make the bias (absent: 1)
+    bias_scale: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,16 @@ class WeightLayout:
     first_order: dict[str, str] = field(default_factory=dict)  # table -> key of its bias table
     dense_prefix: str = "head."  # every key under it belongs to the dense part (the head)
     remaps: dict[str, RemapKeys] = field(default_factory=dict)  # managed table -> its remap
+    # Table -> its embedding width, where the bias is folded into the table's rows: columns
+    # [0, width) are the embedding, the FIRST_ORDER_WIDTH after it the bias (same state key).
+    folded: dict[str, int] = field(default_factory=dict)
+
+    def columns(self, table: str, bias: bool = False) -> slice:
+        """The columns of a table's (or its bias's) state entry that are the embedding (bias)."""
+        width = self.folded.get(table)
+        if width is None:
+            return slice(None)
+        return slice(width, width + FIRST_ORDER_WIDTH) if bias else slice(0, width)
 
     def under(self, prefix: str) -> WeightLayout:
         """The same layout seen from a wrapper that keeps the model at `prefix` ("model.")."""
@@ -61,10 +76,12 @@ class WeightLayout:
             {t: prefix + k for t, k in self.first_order.items()},
             prefix + self.dense_prefix,
             {t: keys.under(prefix) for t, keys in self.remaps.items()},
+            dict(self.folded),
         )
 
     def embedding_keys(self) -> dict[str, str]:
-        """Every embedding table the model holds, bias tables under `<table>__first_order`."""
+        """Every embedding table the model holds, bias tables under `<table>__first_order`
+        (a folded bias: its table's key; `columns` tells them apart)."""
         biases = {t + FIRST_ORDER_SUFFIX: k for t, k in self.first_order.items()}
         return {**self.tables, **biases}
 
@@ -74,10 +91,12 @@ class WeightLayout:
         return {k: k[n:] for k in state if k.startswith(self.dense_prefix)}
 
     def split(self, state: Mapping[str, T]) -> ModelWeights:
-        """A full state dict by role (tables, bias tables, dense part)."""
+        """A full state dict by role (tables, bias tables, dense part); a folded table's
+        entry is both its table and its bias: cut them with `columns`."""
         return ModelWeights(
             tables={t: state[k] for t, k in self.tables.items()},
             first_order={t: state[k] for t, k in self.first_order.items()},
             dense={inner: state[k] for k, inner in self.dense_keys(state).items()},
             remaps={t: (state[k.ids], state[k.rows]) for t, k in self.remaps.items()},
+            bias_scale={t: BIAS_IN_ROW_SCALE for t in self.folded},
         )

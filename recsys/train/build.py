@@ -20,6 +20,7 @@ from recsys.data.holdout import HoldoutSplit
 from recsys.data.loader import LoaderOptions, StreamingDataset
 from recsys.data.source import SourceFormat
 from recsys.distributed.env import DistEnv
+from recsys.distributed.gather import held_parts
 from recsys.distributed.sharding import attach_sparse_optimizer, shard_model
 from recsys.model.click import build_model
 from recsys.model.layout import WeightLayout
@@ -124,10 +125,22 @@ def build_training(cfg: TrainConfig, schema: Schema, env: DistEnv) -> Training:
     _attach_sparse_optimizers(model.sparse_arch, cfg.trainer)
     wrapped = ClickModelTrain(model, cfg.trainer.embedding_l2)
     sharded, plan = shard_model(wrapped, env, cfg.sharding.type)
+    _zero_folded_biases(sharded.state_dict(), wrapped.weight_layout())
     dense_params = dict(in_backward_optimizer_filter(sharded.named_parameters()))
     dense = KeyedOptimizerWrapper(dense_params, dense_optimizer_factory(cfg.trainer))
     optimizer = CombinedOptimizer([sharded.fused_optimizer, dense])
     return Training(sharded, optimizer, plan, wrapped.weight_layout(), model.head_config)
+
+
+@torch.no_grad()
+def _zero_folded_biases(state: dict, layout: WeightLayout) -> None:
+    """Zero the bias columns of every row this rank holds: the tables' init (uniform, whole
+    rows) would start each id with a random bias, where a logistic regression starts at 0."""
+    for table, width in layout.folded.items():
+        for _, first_column, part in held_parts(state[layout.tables[table]]):
+            start = max(width - first_column, 0)
+            if start < part.shape[1]:
+                part[:, start:].zero_()
 
 
 def _attach_sparse_optimizers(sparse: SparseArch, trainer: TrainerConfig) -> None:

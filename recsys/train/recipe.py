@@ -312,11 +312,18 @@ class TrainRecipe:
             return
         env, export = self.env, self.cfg.export
         # Views of this rank's shards (nothing copied, nothing gathered).
-        weights = self.training.layout.split(self.job.model.state_dict())
+        layout = self.training.layout
+        weights = layout.split(self.job.model.state_dict())
         weights = replace(
             weights,
-            tables={n: local_shards(v, env) for n, v in weights.tables.items()},
-            first_order={n: local_shards(v, env) for n, v in weights.first_order.items()},
+            tables={
+                n: local_shards(v, env).columns(layout.columns(n))
+                for n, v in weights.tables.items()
+            },
+            first_order={
+                n: local_shards(v, env).columns(layout.columns(n, bias=True))
+                for n, v in weights.first_order.items()
+            },
         )
         provenance = {
             "mlflow_run_id": self.tracker.run_id,

@@ -47,7 +47,7 @@ def validate(cfg: TrainConfig) -> Schema:
         raise ConfigError("data.eval_path is not set: give the rows to evaluate on.")
     check_holdout(cfg.data.holdout)
     check_trainer(cfg.trainer)
-    check_model(cfg.model)
+    check_model(cfg.model, cfg.trainer)
     _positive("tracking.flush_timeout_s", cfg.tracking.flush_timeout_s)
     _at_least(
         "export.quantization_eval_rows", cfg.export.quantization_eval_rows, 0, "0 to not measure"
@@ -197,8 +197,19 @@ def check_device(trainer: TrainerConfig) -> None:
         )
 
 
-def check_model(model: ModelConfig) -> None:
+def check_model(model: ModelConfig, trainer: TrainerConfig) -> None:
     _at_least("model.embedding_dim", model.embedding_dim, 1)
+    if model.bias_in_rows and not model.first_order:
+        raise ConfigError(
+            "model.bias_in_rows=true folds the first-order biases into the embedding rows, but "
+            "model.first_order=false has none: drop model.bias_in_rows or set first_order=true."
+        )
+    if model.bias_in_rows and trainer.first_order_lr is not None:
+        raise ConfigError(
+            f"trainer.first_order_lr={trainer.first_order_lr} needs bias tables of their own "
+            "(a row has one learning rate), but model.bias_in_rows=true folds the biases into "
+            "the embedding rows: set trainer.first_order_lr=null or model.bias_in_rows=false."
+        )
     for key in ("dense_arch", "over_arch"):
         sizes = list(getattr(model, key))
         if any(size < 1 for size in sizes):

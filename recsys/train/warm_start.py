@@ -164,21 +164,38 @@ def _from_export(
     manifest = Manifest.load(path)
     manifest.verify(path)
     report = WarmStartReport(path)
+    entries: dict[str, list[str]] = {}  # state key -> its tables (a folded bias shares one)
     for name, key in layout.embedding_keys().items():
-        full = _export_table(path, manifest, name, tuple(state[key].shape))
-        problem = _shape_problem(
-            name, tuple(state[key].shape), None if full is None else full.shape
-        )
-        if _accept(problem, name, report, skip):
+        entries.setdefault(key, []).append(name)
+    for key, names in entries.items():
+        parts = [_export_part(path, manifest, layout, name, state[key].shape) for name in names]
+        accepted = [
+            _accept(problem, name, report, skip)
+            for name, (_, problem) in zip(names, parts, strict=True)
+        ]
+        if all(accepted):
+            full = np.concatenate([part for part, _ in parts], axis=1)
             copy_full_into(state[key], torch.from_numpy(full))
-            report.tables.append(name)
+            report.tables.extend(names)
     dense = load_dense(path / manifest.dense["file"])
     report.dense = _copy_dense(state, layout, dense)
     return report
 
 
+def _export_part(
+    path: Path, manifest: Manifest, layout: WeightLayout, name: str, shape: tuple[int, ...]
+) -> tuple[np.ndarray | None, str | None]:
+    """A table's (or bias's) rows from the export, for its columns of a state entry of
+    `shape`, and what is wrong with them (None: nothing)."""
+    base = name.removesuffix(FIRST_ORDER_SUFFIX)
+    columns = range(shape[1])[layout.columns(base, bias=name != base)]
+    want = (shape[0], len(columns))
+    full = _export_table(path, manifest, name, want, in_row=base in layout.folded)
+    return full, _shape_problem(name, want, None if full is None else full.shape)
+
+
 def _export_table(
-    path: Path, manifest: Manifest, name: str, want: tuple[int, ...]
+    path: Path, manifest: Manifest, name: str, want: tuple[int, ...], in_row: bool = False
 ) -> np.ndarray | None:
     base = name.removesuffix(FIRST_ORDER_SUFFIX)
     entry = manifest.tables.get(base)
@@ -188,11 +205,12 @@ def _export_table(
         return load_rows(path, entry, mmap=False).full()
     if not entry.get("first_order"):
         return None
-    # The export keeps the bias as one column (the sum of the model's kernel-aligned columns):
-    # put it in the first column, zeros in the rest, and the model's bias is the same.
+    # The export keeps the bias as one column. A bias table's bias is its columns' sum: the
+    # bias in the first, zeros in the rest; one folded into its row is their mean: the bias
+    # in every column. Either way the model's bias is the same.
     bias = load_rows(path, entry["first_order"], mmap=False).full()
     full = np.zeros((bias.shape[0], want[1]), dtype=np.float32)
-    full[:, 0] = bias[:, 0]
+    full[:, : want[1] if in_row else 1] = bias[:, :1]
     return full
 
 

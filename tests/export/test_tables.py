@@ -57,6 +57,23 @@ def test_shards_written_in_small_chunks_make_the_table(tmp_path: Path, how: str)
     np.testing.assert_array_equal(np.concatenate([c for _, c in chunks]), table.numpy())
 
 
+@pytest.mark.parametrize("how", ["row_wise", "column_wise", "table_wise"])
+@pytest.mark.parametrize("columns", [slice(0, 16), slice(16, 20), slice(3, 18)])
+def test_shards_cut_to_columns_write_those_columns(
+    tmp_path: Path, how: str, columns: slice
+) -> None:
+    # A folded bias is the last columns of its table's rows: export cuts them out per shard.
+    table = torch.randn(101, 20)
+    path = tmp_path / "t.npy"
+    wanted = table[:, columns]
+    create_npy(path, wanted.shape, np.float32)
+    for shards in _split(table, how, parts=3):
+        cut = shards.columns(columns)
+        assert cut.shape == tuple(wanted.shape)
+        write_blocks(path, cut, chunk_bytes=4 * 7 * 20)
+    np.testing.assert_array_equal(np.load(path), wanted.numpy())
+
+
 def test_a_block_outside_the_table_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "t.npy"
     create_npy(path, (10, 4), np.float32)

@@ -29,6 +29,7 @@ from recsys.data.featurize import featurize
 from recsys.export.manifest import Manifest
 from recsys.export.scorer import Scorer
 from recsys.hashing import MISSING_BUCKET, hash_id, second_seed
+from recsys.model.layout import FIRST_ORDER_SUFFIX, FIRST_ORDER_WIDTH
 from recsys.model.sparse import SparseArch
 from recsys.schema import LookupPart, Schema, resolve_schema
 from recsys.train.recipe import TrainResult, run
@@ -129,25 +130,39 @@ def test_featurize_gives_every_lookup_its_rows() -> None:
     assert batch.sparse.keys() == ["user__q", "user__r", "tags", "tags__h2"]
 
 
+@pytest.mark.parametrize("bias_in_rows", [False, True])
 @pytest.mark.parametrize("combine", [Combine.product, Combine.sum])
-def test_sparse_arch_combines_quotient_and_remainder_rows(combine: Combine) -> None:
+def test_sparse_arch_combines_quotient_and_remainder_rows(
+    combine: Combine, bias_in_rows: bool
+) -> None:
     schema = _schema(TableSpec(num_buckets=101, hashing=TableHashing.qr, combine=combine))
-    arch = SparseArch(schema, first_order=True)
+    arch = SparseArch(schema, first_order=True, bias_in_rows=bias_in_rows)
     tables = arch.embedding_bags.embedding_bags
-    biases = tables  # the bias tables share the collection, named <table>__first_order
     with torch.no_grad():
         for module in tables.values():
             module.weight.copy_(torch.randn_like(module.weight))
     arrays = featurize(pa.table({"y": [1, 1], "user": ["x", "y"], "tags": ["a", "b|c"]}), schema)
     vectors, first_order = arch(Batch.from_arrays(arrays, schema, np.arange(2)).sparse)
     q, r = torch.from_numpy(arrays.ids["user__q"]), torch.from_numpy(arrays.ids["user__r"])
-    eq, er = tables["user__q"].weight[q], tables["user__r"].weight[r]
+    rows = {"user__q": q, "user__r": r}
+    # Folded: a row is the embedding's 8 columns, then the bias's; else a bias table apiece.
+    eq, er = (tables[t].weight[i][:, :8] for t, i in rows.items())
     expected = eq * er if combine is Combine.product else eq + er
     torch.testing.assert_close(vectors[:, :8], expected, rtol=0, atol=1e-6)
-    bias = biases["user__q__first_order"].weight[q].sum(1) + biases["user__r__first_order"].weight[
-        r
-    ].sum(1)
+    if not bias_in_rows:
+        bias = sum(tables[t + FIRST_ORDER_SUFFIX].weight[i].sum(1) for t, i in rows.items())
+    else:
+        bias = sum(tables[t].weight[i][:, 8:].mean(1) for t, i in rows.items())  # row: mean
     torch.testing.assert_close(first_order[:, 0], bias, rtol=0, atol=1e-6)  # biases: summed
+
+
+def test_folded_biases_start_at_zero_even_where_the_row_starts_near_one() -> None:
+    schema = _schema(TableSpec(num_buckets=101, hashing=TableHashing.qr, combine=Combine.product))
+    tables = SparseArch(schema, first_order=True, bias_in_rows=True).embedding_bags.embedding_bags
+    remainder = tables["user__r"].weight
+    assert remainder.shape[1] == 8 + FIRST_ORDER_WIDTH
+    assert (remainder[:, :8] - 1).abs().max() < 0.5 and not remainder[:, 8:].any()
+    assert all(not t.weight[:, -FIRST_ORDER_WIDTH:].any() for t in tables.values())
 
 
 def test_product_remainder_table_starts_near_one() -> None:

@@ -151,6 +151,26 @@ def test_warm_start_predicts_like_its_source_before_any_step(
     np.testing.assert_allclose(_probs(tmp_path / "warm"), expected, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("into_rows", [True, False])
+def test_biases_in_rows_export_score_and_warm_start_either_layout(
+    tiny_log: TinyLog, tmp_path: Path, into_rows: bool
+) -> None:
+    # model.bias_in_rows: the export cuts each row into embedding and bias (their mean); the
+    # scorer reproduces the model, and a warm start puts them back, in rows or bias tables.
+    source = _run(tiny_log, tmp_path / "rows", ["model.bias_in_rows=true", "trainer.epochs=1"])
+    expected = Scorer(source.export_dir).score(pq.read_table(tiny_log.eval))
+    np.testing.assert_allclose(expected, _probs(tmp_path / "rows"), rtol=0, atol=1e-5)
+    biases = np.load(source.export_dir / "tables" / "item_id__first_order.npy")
+    assert biases.shape[1] == 1 and np.abs(biases).max() > 0  # trained, cut from the rows
+    warm = [
+        "trainer.max_steps=0",
+        f"trainer.warm_start={source.export_dir}",
+        f"model.bias_in_rows={str(into_rows).lower()}",
+    ]
+    _run(tiny_log, tmp_path / "warm", warm)
+    np.testing.assert_allclose(_probs(tmp_path / "warm"), expected, rtol=0, atol=1e-5)
+
+
 def test_warm_start_with_a_resized_table_names_it(
     source_run: tuple[TinyLog, Path], tmp_path: Path
 ) -> None:

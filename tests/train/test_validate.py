@@ -177,3 +177,18 @@ def test_validate_is_pure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     validate(cfg)
     assert os.listdir(tmp_path) == []  # no output folder, no tracking store
     assert not dist.is_initialized()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["model.bias_in_rows=true", "model.first_order=false"],
+            "model.first_order=false has none",
+        ),
+        (["model.bias_in_rows=true", "trainer.first_order_lr=0.05"], "trainer.first_order_lr=0.05"),
+    ],
+)
+def test_biases_in_rows_refuse_what_needs_bias_tables(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        validate(load_config(overrides))

@@ -1,0 +1,32 @@
+"""The learnable ceiling: the planted family, fitted on a synthetic log's rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from data_tools.synth import SynthOptions, World, write_synthetic
+from recsys.bench import ceiling
+
+
+def _log(root: Path, world: World, rows: int) -> tuple[Path, Path]:
+    for split, n, seed in (("train", rows, 0), ("eval", 10_000, 1)):
+        write_synthetic(
+            SynthOptions(out=str(root / split), rows=n, seed=seed, world=world, distinct=(50,))
+        )
+    return root / "train", root / "eval"
+
+
+@pytest.mark.parametrize("world", [World.pairwise, World.first_order])
+def test_the_planted_family_gets_most_of_the_lift_and_more_with_more_rows(
+    tmp_path: Path, world: World, monkeypatch
+) -> None:
+    monkeypatch.setattr(ceiling, "L2_WEIGHTS", (1.0,))
+    monkeypatch.setattr(ceiling, "EPOCHS", 15)
+    small = ceiling.ceiling(*_log(tmp_path / "small", world, 5_000), world.value)
+    large = ceiling.ceiling(*_log(tmp_path / "large", world, 60_000), world.value)
+    assert small["train_rows"] == 5_000 and large["train_rows"] == 60_000
+    assert 0.5 < large["share"] <= 1.05, large  # the true family learns the planted model
+    assert large["share"] > small["share"] + 0.02, (small, large)  # ...and is data-bound
+    assert large["eval_auc"] < large["best_auc"] + 0.01
