@@ -54,17 +54,22 @@ def test_two_gloo_processes_train_export_and_match_one_process(tiny_log, tmp_pat
         pytest.param("data_parallel", "dlrm", marks=pytest.mark.slow),
         pytest.param("row_wise", "dcn", marks=pytest.mark.slow),
         pytest.param("column_wise", "mf", marks=pytest.mark.slow),  # vectors split over ranks
+        # Biases in the rows' last columns: the export cuts them out of each rank's shards.
+        pytest.param("row_wise", "dlrm+bias_in_rows", marks=pytest.mark.slow),
+        pytest.param("column_wise", "dlrm+bias_in_rows", marks=pytest.mark.slow),
     ],
 )
 def test_forced_sharding_type_trains_and_exports(
     tiny_log, tmp_path: Path, sharding: str, model: str
 ) -> None:
+    model, _, option = model.partition("+")
     overrides = tiny_log.overrides + [
         "tracking=none",
         f"sharding={sharding}",
         f"model={model}",
         "data.tables.user_id.num_buckets=65536",
     ]
+    overrides += [f"model.{option}=true"] if option else []
     proc = make_train(2, tmp_path / "run", overrides)
     assert proc.returncode == 0, proc.stderr[-3000:]
     plan = (tmp_path / "run" / "sharding_plan.txt").read_text()
