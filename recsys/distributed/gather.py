@@ -79,50 +79,42 @@ def gather_objects(obj: Any, env: DistEnv) -> list[Any]:
     return parts
 
 
-def local_shards(value: Any, env: DistEnv) -> TableShards:
-    """The blocks of a [rows, columns] table state entry this rank holds: its ShardedTensor
-    shards (table-, row-, column-wise) or DTensor part at their offsets; a replicated table
-    (data_parallel, a plain tensor on every rank) is rank 0's to write. Views: nothing copied."""
-    with warnings.catch_warnings():  # ShardedTensor's deprecation, nothing a user can act on
-        warnings.simplefilter("ignore", FutureWarning)
-        return _local_shards(value, env)
-
-
-def _local_shards(value: Any, env: DistEnv) -> TableShards:
+def held_shards(value: Any) -> TableShards:
+    """Every block of a [rows, columns] table state entry this rank holds, at its offsets:
+    its ShardedTensor shards (table-, row-, column-wise), its DTensor part, or a replicated
+    table's whole copy (data_parallel: a plain tensor on every rank). Views, to read or write."""
     shape = (int(value.size(0)), int(value.size(1)))
     if isinstance(value, ShardedTensor):
+        with warnings.catch_warnings():  # ShardedTensor's deprecation, nothing a user can act on
+            warnings.simplefilter("ignore", FutureWarning)
+            shards = value.local_shards()
         blocks = [
-            (s.metadata.shard_offsets[0], s.metadata.shard_offsets[1], s.tensor)
-            for s in value.local_shards()
+            (int(s.metadata.shard_offsets[0]), int(s.metadata.shard_offsets[1]), s.tensor)
+            for s in shards
         ]
     elif isinstance(value, DTensor):
         _, offsets = compute_local_shape_and_global_offset(
             value.shape, value.device_mesh, value.placements
         )
-        replicated = all(p.is_replicate() for p in value.placements)
-        mine = env.is_main or not replicated
-        blocks = [(int(offsets[0]), int(offsets[1]), value.to_local())] if mine else []
+        blocks = [(int(offsets[0]), int(offsets[1]), value.to_local())]
     else:
-        blocks = [(0, 0, value)] if env.is_main else []
+        blocks = [(0, 0, value)]
     return TableShards(shape, blocks)
 
 
-def held_parts(value: Any) -> list[tuple[int, int, torch.Tensor]]:
-    """(first row, first column, tensor) of every part of a table state entry this rank
-    holds, a replicated table's copy included (unlike `local_shards`): views, to write into."""
-    if isinstance(value, ShardedTensor):
-        with warnings.catch_warnings():  # ShardedTensor's deprecation, nothing a user can act on
-            warnings.simplefilter("ignore", FutureWarning)
-            return [
-                (int(s.metadata.shard_offsets[0]), int(s.metadata.shard_offsets[1]), s.tensor)
-                for s in value.local_shards()
-            ]
+def local_shards(value: Any, env: DistEnv) -> TableShards:
+    """The blocks of a table state entry this rank writes (`held_shards`), except that a
+    replicated table is rank 0's alone to write. Views: nothing copied."""
+    held = held_shards(value)
+    if env.is_main or not _replicated(value):
+        return held
+    return TableShards(held.shape)
+
+
+def _replicated(value: Any) -> bool:
     if isinstance(value, DTensor):
-        _, offsets = compute_local_shape_and_global_offset(
-            value.shape, value.device_mesh, value.placements
-        )
-        return [(int(offsets[0]), int(offsets[1]), value.to_local())]
-    return [(0, 0, value)]
+        return all(p.is_replicate() for p in value.placements)
+    return not isinstance(value, ShardedTensor)
 
 
 def export_group(env: DistEnv) -> ExportGroup:

@@ -20,7 +20,7 @@ from recsys.data.holdout import HoldoutSplit
 from recsys.data.loader import LoaderOptions, StreamingDataset
 from recsys.data.source import SourceFormat
 from recsys.distributed.env import DistEnv
-from recsys.distributed.gather import held_parts
+from recsys.distributed.gather import held_shards
 from recsys.distributed.sharding import attach_sparse_optimizer, shard_model
 from recsys.model.click import build_model
 from recsys.model.layout import WeightLayout
@@ -136,11 +136,10 @@ def build_training(cfg: TrainConfig, schema: Schema, env: DistEnv) -> Training:
 def _zero_folded_biases(state: dict, layout: WeightLayout) -> None:
     """Zero the bias columns of every row this rank holds: the tables' init (uniform, whole
     rows) would start each id with a random bias, where a logistic regression starts at 0."""
-    for table, width in layout.folded.items():
-        for _, first_column, part in held_parts(state[layout.tables[table]]):
-            start = max(width - first_column, 0)
-            if start < part.shape[1]:
-                part[:, start:].zero_()
+    for table in layout.folded:
+        bias = held_shards(state[layout.tables[table]]).columns(layout.columns(table, bias=True))
+        for _, _, block in bias.blocks:
+            block.zero_()
 
 
 def _attach_sparse_optimizers(sparse: SparseArch, trainer: TrainerConfig) -> None:

@@ -36,6 +36,7 @@ from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.tensor import DTensor
 
 from recsys.distributed.env import DistEnv
+from recsys.distributed.gather import held_shards
 from recsys.export.manifest import MANIFEST_FILE, Manifest, load_dense
 from recsys.export.quantize import load_rows
 from recsys.model.layout import FIRST_ORDER_SUFFIX, REMAP_EMPTY_SLOT, WeightLayout
@@ -295,27 +296,11 @@ def _copy_dense(
 
 
 def copy_full_into(target: Any, full: torch.Tensor) -> None:
-    """Copy this rank's part of the full tensor `full` into `target`.
-
-    A ShardedTensor holds the slices its metadata offsets say; a DTensor the slice its
-    placements give; a plain tensor (replicated table, dense weight) all of it.
-    """
-    if isinstance(target, ShardedTensor):
-        for shard in target.local_shards():
-            meta = shard.metadata
-            rows = slice(meta.shard_offsets[0], meta.shard_offsets[0] + meta.shard_sizes[0])
-            cols = slice(meta.shard_offsets[1], meta.shard_offsets[1] + meta.shard_sizes[1])
-            shard.tensor.detach().copy_(full[rows, cols])
-    elif isinstance(target, DTensor):
-        from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
-
-        shape, offset = compute_local_shape_and_global_offset(
-            target.shape, target.device_mesh, target.placements
-        )
-        index = tuple(slice(o, o + s) for o, s in zip(offset, shape, strict=True))
-        target.to_local().detach().copy_(full[index])
-    else:
-        target.detach().copy_(full)
+    """Copy this rank's blocks of the full table `full` into the table state entry `target`
+    (its shards, DTensor part or replicated copy: `held_shards`)."""
+    for row, column, block in held_shards(target).blocks:
+        rows, columns = block.shape
+        block.detach().copy_(full[row : row + rows, column : column + columns])
 
 
 # --------------------------------------------------------------------- managed remaps, optimizer
