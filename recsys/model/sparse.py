@@ -99,10 +99,11 @@ class SparseArch(nn.Module):
     `bias_in_rows` folds them into the embedding rows instead: a hashed table's row is its
     embedding followed by FIRST_ORDER_WIDTH bias columns (zero at the start), one lookup per
     id: on `make bench`'s Criteo shape, pre-made batches, 96.6k -> 103.6k samples/s at batch
-    512 and 149.1k -> 165.4k at 4096 (medians of 5 alternating rounds). Such a bias is its columns' mean, not their sum: the row has one Adagrad state, and
-    summed, the bias's gradients dominated it (MovieLens eval AUC 0.6982 -> 0.6914, 3 seeds;
-    mean: 0.6972). The bias then learns more slowly than in a table of its own, which the
-    synthetic pairwise world needs (share of the best AUC 0.82 -> 0.67-0.74): so, opt-in.
+    512 and 149.1k -> 165.4k at 4096 (medians of 5 alternating rounds). Such a bias is its
+    columns' mean, not their sum: the row has one Adagrad state, and summed, the bias's
+    gradients dominated it (MovieLens eval AUC 0.6982 -> 0.6914, 3 seeds; mean: 0.6972). The
+    bias then learns more slowly than in a table of its own, which the synthetic pairwise
+    world needs (share of the best AUC 0.822 -> 0.691 +- 0.045, 3 seeds): so, opt-in.
 
     Managed tables (`hashing: managed`) sit apart, behind their remap, in a TorchRec
     ManagedCollisionEmbeddingBagCollection (`managed`); their bias tables (`managed_bias`)
@@ -149,7 +150,7 @@ class SparseArch(nn.Module):
         self._vector_columns = tuple(self._span(k, bias=False) for k in first)
         self._bias_columns = tuple(self._span(k, bias=True) for k in first) if first_order else ()
 
-    def _span(self, key: str, bias: bool) -> tuple[str, int, int | None]:
+    def _span(self, key: str, bias: bool) -> Span:
         """(pooled output key, first column, end column or None for all) of a lookup key's
         vector or bias inside its table's pooled output."""
         name = (self._bias_keys if bias else self._vector_keys)[key]
