@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from recsys.metrics import MetricAccumulator, auc, compute_binary_metrics
 from recsys.metrics.binary import GATHER_ROWS
 from recsys.metrics.predictions import PredictionSpill
 from recsys.metrics.streaming import BinarySums, histogram_auc
-from tests.processes import free_port
+from tests.processes import free_port, gloo_group
 
 SIZES = (30_001, 50_000)  # uneven ranks, more rows than MetricAccumulator gathers
 # Scores squeezed into a range no fixed grid resolves, and ordinary ones.
@@ -35,8 +34,7 @@ def _rank_rows(rank: int, kind: str) -> tuple[torch.Tensor, ...]:
 
 
 def _worker(rank: int, port: int, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
+    with gloo_group(rank, port):
         results = {}
         for kind in KINDS:
             ids, logit, y, w = _rank_rows(rank, kind)
@@ -57,8 +55,6 @@ def _worker(rank: int, port: int, out: str) -> None:
             metrics = accumulator.compute().as_dict()
             results[f"{kind}/accumulator"] = metrics | {"bound": accumulator.auc_error_bound}
         Path(out, f"{rank}.json").write_text(json.dumps(results))
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.distributed

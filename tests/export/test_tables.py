@@ -22,7 +22,7 @@ from recsys.export.writer import write_export
 from recsys.model.layout import ModelWeights
 from recsys.model.registry import build_head, head_config
 from recsys.schema import resolve_schema
-from tests.processes import free_port
+from tests.processes import free_port, gloo_group
 from tests.synthetic import write_tiny_log
 
 
@@ -95,8 +95,7 @@ def _model(overrides: list[str]):
 
 
 def _worker(rank: int, port: int, root: str, dtype: str, overrides: list[str]) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
+    with gloo_group(rank, port):
         schema, config, whole = _model(overrides)
         kinds = ["row_wise", "column_wise", "table_wise"]  # one per table, in turn
         tables = {n: _split(t, kinds[i % 3])[rank] for i, (n, t) in enumerate(whole.tables.items())}
@@ -104,8 +103,6 @@ def _worker(rank: int, port: int, root: str, dtype: str, overrides: list[str]) -
         local = ModelWeights(tables, biases, whole.dense if rank == 0 else {})
         group = ExportGroup(rank, 2, dist.barrier, token="shared")
         write_export(Path(root) / "two", schema, config, local, table_dtype=dtype, group=group)
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.distributed

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from recsys.metrics import (
@@ -22,7 +21,7 @@ from recsys.metrics import (
     log_loss,
     normalized_entropy,
 )
-from tests.processes import free_port
+from tests.processes import free_port, gloo_group
 
 
 @pytest.fixture(autouse=True)
@@ -184,18 +183,13 @@ def _rank_data(rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 def _distributed_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
-    )
-    try:
+    with gloo_group(rank, port, world_size):
         labels, probs, weights = _rank_data(rank)
         acc = MetricAccumulator()
         for chunk in torch.split(torch.arange(len(labels)), 250):
             acc.update(labels[chunk], probs[chunk], weights[chunk])
         result = acc.compute()
         Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result.as_dict()))
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.distributed

@@ -8,13 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 from sklearn.metrics import log_loss as sk_log_loss
 from sklearn.metrics import roc_auc_score
 
 from recsys.metrics import MetricAccumulator, auc, compute_binary_metrics, log_loss
-from tests.processes import free_port
+from tests.processes import free_port, gloo_group
 
 SIZES = (701, 1299)  # rows on rank 0 and rank 1: unequal on purpose
 
@@ -55,15 +54,12 @@ def test_auc_and_log_loss_equal_sklearn(seed: int, weighted: bool) -> None:
 
 
 def _worker(rank: int, port: int, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
+    with gloo_group(rank, port):
         labels, probs, weights = (torch.from_numpy(a) for a in _data(SIZES[rank], 10 + rank))
         accumulator = MetricAccumulator()
         for part in torch.split(torch.arange(len(labels)), 128):  # batches, as in evaluation
             accumulator.update(labels[part], probs[part].float(), weights[part])
         Path(out, f"{rank}.json").write_text(json.dumps(accumulator.compute().as_dict()))
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.distributed
