@@ -116,6 +116,9 @@ def _hash_chunk(values: pa.Array, seed: np.uint32) -> tuple[np.ndarray, np.ndarr
     return _hash_plain(values, seed)
 
 
+_FEW_LENGTHS = 4  # key lengths worth one pass each over the lengths rather than a sort
+
+
 def _hash_plain(values: pa.Array, seed: np.uint32) -> tuple[np.ndarray, np.ndarray]:
     """Strings; dictionary-encoded first when a sample says the block repeats a lot."""
     sample = values.slice(0, _DISTINCT_SAMPLE)
@@ -144,17 +147,25 @@ def _hash_by_length(
     out = np.empty(len(lengths), np.uint32)
     if not len(lengths):
         return out
-    if lengths.min() == lengths.max():  # one length (8-hex Criteo ids): no sort needed
-        groups = [np.arange(len(lengths))]
-    else:
-        order = np.argsort(lengths, kind="stable")
-        groups = np.split(order, np.flatnonzero(np.diff(lengths[order])) + 1)
-    for group in groups:
+    for group in _same_length_groups(lengths):
         length = int(lengths[group[0]])
         # Row i of the window view is data[i : i + length]: one gather per key, not per byte.
         keys = sliding_window_view(data, length)[starts[group]] if length else None
         out[group] = _murmur3_fixed(keys, len(group), length, seed)
     return out
+
+
+def _same_length_groups(lengths: np.ndarray) -> list[np.ndarray]:
+    """Positions of the keys of each byte length. A few lengths (8-hex Criteo ids, and 0 for
+    the missing ones) are found with one pass each; many (free text) with one sort."""
+    if lengths.min() == lengths.max():
+        return [np.arange(len(lengths))]
+    counts = np.bincount(lengths)
+    present = np.flatnonzero(counts)
+    if len(present) <= _FEW_LENGTHS:
+        return [np.flatnonzero(lengths == length) for length in present]
+    order = np.argsort(lengths, kind="stable")
+    return np.split(order, np.cumsum(counts[present])[:-1])
 
 
 def _hash_integers(values: pa.Array, seed: np.uint32) -> tuple[np.ndarray, np.ndarray]:

@@ -137,6 +137,17 @@ def test_hash32_of_unicode_strings_equals_mmh3(seed: int) -> None:
     np.testing.assert_array_equal(present, [v != "" for v in values])
 
 
+def test_hash32_of_a_few_key_lengths_equals_mmh3() -> None:
+    """Up to _FEW_LENGTHS lengths take one pass each, more take the sort: both exact."""
+    rng = np.random.default_rng(7)
+    for lengths in ((0, 8), (3, 8, 13), (1, 2, 5, 9, 17)):
+        values = ["x" * int(n) + f"{i:04d}" for i, n in enumerate(rng.choice(lengths, 2000))]
+        values[::7] = [""] * len(values[::7])
+        hashes, present = hash32_array(pa.array(values), 11)
+        np.testing.assert_array_equal(hashes[present], _reference(values, 11)[present])
+        np.testing.assert_array_equal(present, [v != "" for v in values])
+
+
 def test_hash32_of_sliced_chunked_and_repetitive_columns() -> None:
     """Sliced arrays (non-zero offset), chunks, and the dictionary path for repetitive data."""
     values = [f"{v:08x}" for v in np.random.default_rng(1).integers(0, 50, 20_000)]

@@ -41,6 +41,7 @@ class PremadeBatches(IterableDataset):
         self.batches = batches
         self.options = LoaderOptions(batch_size, num_workers=0)
         self.num_rows = sum(b.num_real_rows for b in batches)
+        self.read_rows = batch_size  # nothing to featurize: no block to read ahead over
         self.epoch = 0
 
     def set_epoch(self, epoch: int, resume: EpochProgress | None = None) -> None:

@@ -13,9 +13,11 @@ import fnmatch
 import glob
 import os
 from collections.abc import Collection, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -193,51 +195,59 @@ def _parquet_blocks(
 ) -> Iterator[pa.RecordBatch]:
     """Blocks of one row group, `dictionary_columns` read dictionary-encoded where that pays.
 
-    A column whose dictionary outgrows half a block (most ids distinct: the Parquet writer
-    gave up on its dictionary page and wrote the rest plain) is read plain: Arrow would
-    otherwise rebuild a dictionary of the whole row group's ids from the plain pages, and
-    hashing would gain nothing from it. Measured on 200k rows of 26 id columns with 10^9
-    distinct ids each, read in the loader's 64k-row blocks: Arrow's peak 219 MiB as
-    dictionaries, 137 MiB plain (52 MiB at 10^3 ids, dictionaries kept).
+    A column most of whose ids are distinct (the Parquet writer gave up on its dictionary page
+    and wrote the rest plain) is read plain: Arrow would otherwise rebuild a dictionary of the
+    whole row group's ids from the plain pages, and hashing would gain nothing from it.
+    Which columns is decided per file (`_mostly_distinct`). On `make bench`'s Criteo logs
+    (300k rows, 26 Zipf id columns of 10^6 ids, 30-45% distinct per row group) read whole by
+    the loader: Arrow's peak 182 MiB and RSS +360 MiB with dictionaries, 95 MiB and +240 MiB
+    plain, at the same rows/s.
     """
-
-    def blocks(as_dictionary: list[str]) -> Iterator[pa.RecordBatch]:
-        # pyarrow reads non-text columns named in read_dictionary as usual
-        reader = pq.ParquetFile(f, metadata=metadata, read_dictionary=as_dictionary)
-        return reader.iter_batches(
-            batch_size=batch_rows, row_groups=[unit.row_group], columns=columns
-        )
-
-    known = _WIDE_COLUMNS.get(unit.path)
-    if known is not None:
-        yield from blocks([c for c in dictionary_columns if c not in known])
-        return
-    stream = blocks(dictionary_columns)
-    first = next(stream, None)
-    if first is None:
-        return
-    wide = [c for c in dictionary_columns if _dictionary_outgrows(first.column(c), first.num_rows)]
-    _WIDE_COLUMNS[unit.path] = frozenset(wide)
-    if wide:  # read again from the start, the wide columns plain (one block re-read per file)
-        stream = blocks([c for c in dictionary_columns if c not in wide])
-        first = next(stream)
-    yield first
-    yield from stream
+    wide = _WIDE_COLUMNS.get(unit.path)
+    if wide is None:
+        wide = _WIDE_COLUMNS[unit.path] = _mostly_distinct(f, metadata, unit, dictionary_columns)
+    as_dictionary = [c for c in dictionary_columns if c not in wide]
+    # pyarrow reads non-text columns named in read_dictionary as usual
+    reader = pq.ParquetFile(f, metadata=metadata, read_dictionary=as_dictionary)
+    return reader.iter_batches(batch_size=batch_rows, row_groups=[unit.row_group], columns=columns)
 
 
-MIN_WIDE_DICTIONARY = 1 << 14  # ids; smaller dictionaries are always kept
+MIN_WIDE_DICTIONARY = 1 << 12  # ids; smaller dictionaries are always kept
+PROBE_ROWS = 1 << 15  # rows whose distinct ids decide, per file
+WIDE_SHARE = 0.25  # distinct ids / rows above which a column is read plain
 
 # File -> its columns read plain: decided on the file's first row group read in this process,
 # kept for its others (row groups of one file are written alike). A few bytes per file.
 _WIDE_COLUMNS: dict[str, frozenset[str]] = {}
 
 
-def _dictionary_outgrows(column: pa.Array, rows: int) -> bool:
-    # Over half as many distinct ids as rows: a dictionary saves less than half the hashing.
-    # Small dictionaries stay: their memory does not matter.
-    if not pa.types.is_dictionary(column.type) or len(column.dictionary) < MIN_WIDE_DICTIONARY:
-        return False
-    return 2 * len(column.dictionary) > rows
+def _mostly_distinct(
+    f: pa.NativeFile, metadata: pq.FileMetaData, unit: WorkUnit, columns: list[str]
+) -> frozenset[str]:
+    """The `columns` more than WIDE_SHARE of whose ids are distinct in the row group's first
+    PROBE_ROWS rows, read plain: there a dictionary costs more memory than it saves hashing.
+
+    Plain, because asking Arrow for a dictionary it cannot take from the file makes it build
+    one over the whole row group's ids: probing that way peaked at 180 MiB of Arrow memory on
+    a 131k-row group of 26 columns of 10^9 distinct ids, and drove the loader's peak RSS.
+    """
+    if not columns:
+        return frozenset()
+    reader = pq.ParquetFile(f, metadata=metadata)
+    # Closed at once: an open batch iterator keeps the row group's pages in memory.
+    with closing(
+        reader.iter_batches(PROBE_ROWS, row_groups=[unit.row_group], columns=columns)
+    ) as probe:
+        first = next(probe, None)
+    if first is None:
+        return frozenset()
+    return frozenset(c for c in columns if _mostly_distinct_ids(first.column(c)))
+
+
+def _mostly_distinct_ids(column: pa.Array) -> bool:
+    # Small dictionaries stay whatever their share: their memory does not matter.
+    distinct = pc.count_distinct(column).as_py()
+    return distinct >= MIN_WIDE_DICTIONARY and distinct > WIDE_SHARE * len(column)
 
 
 def assign_units(units: list[WorkUnit], part: int, num_parts: int) -> list[WorkUnit]:

@@ -62,6 +62,23 @@ def test_unique_ids_are_read_plain_and_repeating_ones_as_a_dictionary(tmp_path: 
     assert whole.equals(pq.read_table(path))  # same rows, same order, nothing lost
 
 
+def test_columns_with_more_distinct_ids_than_the_wide_share_are_read_plain(
+    tmp_path: Path,
+) -> None:
+    """A third of the ids distinct: over WIDE_SHARE, so plain (Arrow would build a dictionary
+    of them all at great memory cost); a tenth: a dictionary, which saves hashing."""
+    rows = 6000
+    path = tmp_path / "shares.parquet"
+    third = [f"t{i % (rows // 3)}" for i in range(rows)]
+    tenth = [f"d{i % (rows // 10)}" for i in range(rows)]
+    pq.write_table(pa.table({"y": [1, 0] * (rows // 2), "repeating": tenth, "unique": third}),
+                   path, row_group_size=rows)  # fmt: skip
+    (table,) = _read(path, block_rows=rows)
+    assert source._WIDE_COLUMNS[str(path)] == frozenset({"unique"})
+    assert pa.types.is_dictionary(table.schema.field("repeating").type)
+    assert table.column("unique").to_pylist() == third
+
+
 def test_a_file_of_repeating_ids_keeps_every_id_column_a_dictionary(tmp_path: Path) -> None:
     path = tmp_path / "small.parquet"
     pq.write_table(pa.table({"y": [1, 0] * 500, "repeating": ["a", "b"] * 500,

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
+import time
 from itertools import count, islice
 
 import pytest
 
 from recsys.compose import load_config
+from recsys.data import loader
 from recsys.data.loader import LoaderOptions, StreamingDataset, make_loader
 from recsys.data.prefetch import ThreadPrefetcher, stop_all
 from recsys.schema import resolve_schema
@@ -80,3 +82,28 @@ def test_closing_an_iteration_of_the_loader_stops_its_worker_processes(tiny_log:
     assert multiprocessing.active_children()
     batches.close()
     assert not multiprocessing.active_children()
+
+
+def test_the_thread_reads_a_whole_block_ahead(tiny_log: TinyLog, monkeypatch: pytest.MonkeyPatch):
+    """A block's batches all come after one featurize call: the queue has room for all of
+    them, so the thread moves on to the next block while training takes this one."""
+    monkeypatch.setattr(loader, "READ_BLOCK_ROWS", 640)  # 10 batches of 64 per block
+    made = []
+    monkeypatch.setattr(StreamingDataset, "_batch", _counting(StreamingDataset._batch, made))
+    schema = resolve_schema(load_config([]).data, 16)
+    dataset = StreamingDataset(str(tiny_log.train), schema, LoaderOptions(batch_size=64))
+    batches = iter(make_loader(dataset))
+    next(batches)
+    deadline = time.monotonic() + 10
+    while len(made) < 11 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    batches.close()
+    assert len(made) >= 11  # the one taken, and the rest of its block (+1) waiting
+
+
+def _counting(method, calls: list):
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return method(*args, **kwargs)
+
+    return counted
