@@ -24,3 +24,4 @@ def test_bench_reports_flatness_ratios(tmp_path) -> None:
     rows = distinct.bench_distinct((10, 10**9), rows=3000, steps=3, rounds=1, root=tmp_path)
     assert [r["distinct_ids"] for r in rows] == [10, 10**9]
     assert rows[0]["samples_per_s_vs_fewest_ids"] == 1.0 and rows[1]["peak_mib"] > 100
+    assert all(r["loader_rows_per_s"] > 0 for r in rows)
