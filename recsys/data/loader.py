@@ -44,7 +44,8 @@ log = logging.getLogger(__name__)
 # Rows decoded and featurized per call. Bigger blocks spread a call's fixed cost over more
 # rows, but the first batch waits for a whole block, and every block's raw and featurized
 # rows are held at once: at 2^17 rows the first batch came after 135-220 ms, at 2^15 after
-# 60-70 ms at the same rows/s (2^13: 2x the time per row).
+# 60-70 ms, for 7% fewer rows/s read alone (726k vs 779k on `make bench`'s 1M rows; 2^13:
+# twice the time per row). Reading a block ahead (`make_loader`) hides that while training.
 READ_BLOCK_ROWS = 1 << 15
 
 
