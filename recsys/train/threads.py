@@ -13,12 +13,15 @@ the machine's load changes.
 
 from __future__ import annotations
 
+import logging
 import os
 import statistics
 
 import torch
 
 from recsys.config import TrainerConfig
+
+log = logging.getLogger(__name__)
 
 #: How long a thread may hold the GIL while another waits (Python's default: 5 ms). The loader
 #: reads ahead in a thread; whenever it held the GIL the training thread, which needs it
@@ -88,6 +91,8 @@ class ThreadChooser:
         medians = {t: statistics.median(s[WARMUP_STEPS:]) for t, s in self._trial}
         self.chosen = min(medians, key=medians.__getitem__)
         self.chosen_after.append(self.chosen)
+        steps = ", ".join(f"{t}: {m * 1e3:.2f} ms" for t, m in medians.items())
+        log.info("intra-op threads: %d (median step by thread count: %s)", self.chosen, steps)
         self._trial, self._until_trial = [], self.recheck_every
 
 
