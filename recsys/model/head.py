@@ -92,8 +92,43 @@ def mlp(sizes: list[int], dropout: float = 0.0, last_activation: bool = True) ->
         if i < len(sizes) - 2 or last_activation:
             layers.append(nn.ReLU())
             if dropout:
-                layers.append(nn.Dropout(dropout))
+                layers.append(FastDropout(dropout))
     return nn.Sequential(*layers)
+
+
+class FastDropout(nn.Module):
+    """nn.Dropout with a cheaper random mask on CPU; torch's own fused kernel elsewhere.
+
+    torch's CPU dropout draws one random number per element (`bernoulli_`): forward and
+    backward of a [4096, 64] activation took 2.05 ms on 2 cores, and the over arch's two
+    dropouts were 8% of a Criteo-shape step at batch 4096. Here one 64-bit draw gives four
+    16-bit uniforms, each kept when at or above round(p * 2^16): 0.61 ms (91 vs 220 us at
+    [512, 64]). The kept share is that of the rounded threshold, and kept values are scaled by
+    its inverse, so the output stays unbiased. No parameters: state dicts are nn.Dropout's.
+    """
+
+    def __init__(self, p: float):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout p={p}: need 0 <= p < 1")
+        self.p = p
+        self._dropped = round(p * _LANES)  # 16-bit draws below this are dropped
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or not self._dropped:
+            return x
+        if x.device.type != "cpu":
+            return nn.functional.dropout(x, self.p, training=True)
+        n = x.numel()
+        words = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64)
+        keep = words.view(torch.int16)[:n].view(x.shape) >= self._dropped - _LANES // 2
+        return x * (keep.to(x.dtype) * (_LANES / (_LANES - self._dropped)))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+_LANES = 1 << 16  # values of one 16-bit draw
 
 
 def pairwise_dot(vectors: torch.Tensor) -> torch.Tensor:
