@@ -163,12 +163,11 @@ class SparseArch(nn.Module):
         if not self._plain:
             return self._combined(self._pooled_by_key(features))
         pooled = self.embedding_bags(features)
-        vectors = _columns(pooled, self._vector_columns)
         if not self.first_order:
-            return vectors, None
+            return _columns(pooled, self._vector_columns), None
+        vectors, biases = _vectors_and_biases(pooled, self._vector_columns, self._bias_columns)
         # [B, F * width] -> [B, F]: a bias is its kernel-aligned columns' sum (a bias table)
         # or mean (folded into the embedding row: see `bias_scale`).
-        biases = _columns(pooled, self._bias_columns)
         biases = biases.unflatten(1, (len(self.lookups), FIRST_ORDER_WIDTH))
         return vectors, biases.mean(dim=2) if self.folded else biases.sum(dim=2)
 
@@ -301,6 +300,27 @@ def _columns(pooled: KeyedTensor, spans: tuple[Span, ...]) -> torch.Tensor:
     if isinstance(found, slice):
         return values[:, found]
     return values.index_select(1, found)
+
+
+@torch.fx.wrap
+def _vectors_and_biases(
+    pooled: KeyedTensor, vector_spans: tuple[Span, ...], bias_spans: tuple[Span, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_columns` of both, by one split where the vectors then the biases fill the output
+    (one bias table per embedding table, on one process): a slice's backward zero-fills a
+    gradient the size of the whole output, two per step ([4096, 520]: 0.6 ms of ~29), a
+    split's concatenates the two."""
+    values = pooled.values()
+    keys, widths = tuple(pooled.keys()), tuple(pooled.length_per_key())
+    vectors = _column_index(keys, widths, vector_spans, values.device)
+    biases = _column_index(keys, widths, bias_spans, values.device)
+    if (
+        isinstance(vectors, slice)
+        and isinstance(biases, slice)
+        and (vectors.start, vectors.stop, biases.stop) == (0, biases.start, values.shape[1])
+    ):
+        return values.split([vectors.stop, biases.stop - biases.start], dim=1)
+    return _columns(pooled, vector_spans), _columns(pooled, bias_spans)
 
 
 @functools.cache

@@ -29,6 +29,24 @@ def test_pairwise_dot_is_upper_triangle_of_gram() -> None:
     torch.testing.assert_close(got, expected)
 
 
+def test_pairwise_dot_gradient_is_exact_and_its_reused_buffer_stays_clean() -> None:
+    """The backward writes the upper triangle into a buffer kept per shape: a second step
+    with other gradients, and a step at another batch size, must not see the first's."""
+    v = torch.randn(6, 5, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(pairwise_dot, (v,))
+
+    def grads(vectors: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        x = vectors.detach().requires_grad_()
+        pairs = [(x[:, i] * x[:, j]).sum(-1) for i in range(5) for j in range(i + 1, 5)]
+        expected = torch.autograd.grad((torch.stack(pairs, 1) * weights).sum(), x)[0]
+        got = torch.autograd.grad((pairwise_dot(x) * weights).sum(), x)[0]
+        return got, expected
+
+    for batch in (6, 6, 4, 6):
+        got, expected = grads(torch.randn(batch, 5, 3), torch.randn(batch, 10))
+        torch.testing.assert_close(got, expected)
+
+
 def test_first_order_adds_per_feature_biases() -> None:
     head = DLRMHead(_config()).eval()
     dense, pooled = torch.randn(6, 2), torch.randn(6, 3 * 4)
