@@ -32,7 +32,12 @@ GIL_SWITCH_SECONDS = 0.001
 
 TRIAL_STEPS = 12  # timed steps per candidate in a trial (after WARMUP_STEPS untimed)
 WARMUP_STEPS = 2  # steps after a switch not timed: the thread team is being rebuilt
-RECHECK_EVERY = 2000  # steps between trials
+# Steps between trials. Two threads' speed can change within a process (another VM taking a
+# core's sibling): 3 fresh processes at batch 512, pre-made batches, 2,000 steps between trials
+# kept 2 threads in all three, one of which fell to 6.1 ms a step from 4.1 (82.7k samples/s);
+# at 400 that one went back to 1 thread (4.5 ms: 103.0k). A trial costs ~14 steps at the
+# slower count, under 1% of 500.
+RECHECK_EVERY = 500
 
 
 def candidate_threads(trainer: TrainerConfig) -> tuple[int, ...]:
