@@ -13,7 +13,6 @@ import fnmatch
 import glob
 import os
 from collections.abc import Collection, Iterator
-from contextlib import closing
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -195,9 +194,10 @@ def _parquet_blocks(
 ) -> Iterator[pa.RecordBatch]:
     """Blocks of one row group, `dictionary_columns` read dictionary-encoded where that pays.
 
-    A column most of whose ids are distinct (the Parquet writer gave up on its dictionary page
-    and wrote the rest plain) is read plain: Arrow would otherwise rebuild a dictionary of the
-    whole row group's ids from the plain pages, and hashing would gain nothing from it.
+    A column whose ids repeat little (over WIDE_SHARE of them distinct: the Parquet writer
+    likely gave up on its dictionary page and wrote the rest plain) is read plain: Arrow would
+    otherwise rebuild a dictionary of the whole row group's ids, at a cost in memory that its
+    saving in hashing does not repay.
     Which columns is decided per file (`_mostly_distinct`). On `make bench`'s Criteo logs
     (300k rows, 26 Zipf id columns of 10^6 ids, 30-45% distinct per row group) read whole by
     the loader: Arrow's peak 182 MiB and RSS +360 MiB with dictionaries, 95 MiB and +240 MiB
@@ -227,18 +227,15 @@ def _mostly_distinct(
     """The `columns` more than WIDE_SHARE of whose ids are distinct in the row group's first
     PROBE_ROWS rows, read plain: there a dictionary costs more memory than it saves hashing.
 
-    Plain, because asking Arrow for a dictionary it cannot take from the file makes it build
-    one over the whole row group's ids: probing that way peaked at 180 MiB of Arrow memory on
-    a 131k-row group of 26 columns of 10^9 distinct ids, and drove the loader's peak RSS.
+    Probed plain, because asking Arrow for a dictionary it cannot take from the file makes it
+    build one over the whole row group's ids: reading a 131k-row group of 26 columns, 43% of
+    whose ids were distinct, held 180 MiB of Arrow memory as dictionaries, 113 MiB plain.
     """
     if not columns:
         return frozenset()
     reader = pq.ParquetFile(f, metadata=metadata)
-    # Closed at once: an open batch iterator keeps the row group's pages in memory.
-    with closing(
-        reader.iter_batches(PROBE_ROWS, row_groups=[unit.row_group], columns=columns)
-    ) as probe:
-        first = next(probe, None)
+    probe = reader.iter_batches(PROBE_ROWS, row_groups=[unit.row_group], columns=columns)
+    first = next(probe, None)
     if first is None:
         return frozenset()
     return frozenset(c for c in columns if _mostly_distinct_ids(first.column(c)))
