@@ -23,6 +23,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from recsys.cli.args import count
+
 REPORT_FILE = "days.json"
 _PERIOD_SECONDS = {"day": 86_400, "week": 7 * 86_400}
 _MONDAY_OFFSET = 3 * 86_400  # 1970-01-01 was a Thursday: weeks since the Monday before it
@@ -155,8 +157,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "planted CTR per day in OUT/days.json.",
     )
     synth.add_argument("--out", type=Path, required=True, help="output folder")
-    synth.add_argument("--days", type=_count, default=8, help="day folders (default: %(default)s)")
-    synth.add_argument("--rows", type=_count, default=20_000, help="rows a day (default 20000)")
+    synth.add_argument("--days", type=count, default=8, help="day folders (default: %(default)s)")
+    synth.add_argument("--rows", type=count, default=20_000, help="rows a day (default 20000)")
     synth.add_argument(
         "--seed", type=int, default=0, help="the planted model and draws (default 0)"
     )
@@ -170,14 +172,6 @@ def run(command: str, args: argparse.Namespace) -> list[Path]:
         folders = drifting_days(args.out, args.days, args.rows, args.seed)
     print(f"{len(folders)} folders under {args.out}: {folders[0].name} .. {folders[-1].name}")
     return folders
-
-
-def _count(text: str) -> int:
-    """A count written as 20000, 20_000 or 2e4."""
-    value = float(text.replace("_", ""))
-    if value != int(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole, non-negative number")
-    return int(value)
 
 
 def main(argv: list[str] | None = None) -> int:

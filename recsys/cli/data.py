@@ -23,24 +23,14 @@ import shlex
 import sys
 from pathlib import Path
 
+from recsys.cli.args import count, counts
+
 EXIT_ERROR = 2
 """Exit status when the input, the options or the data could not be used."""
 
 logger = logging.getLogger(__name__)
 
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-def _count(text: str) -> int:
-    """A count written as 1000000, 1_000_000 or 1e6."""
-    value = float(text.replace("_", ""))
-    if value != int(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole, non-negative number")
-    return int(value)
-
-
-def _counts(text: str) -> tuple[int, ...]:
-    return tuple(_count(t) for t in text.split(","))
 
 
 def _add_movielens(commands: argparse._SubParsersAction) -> None:
@@ -91,8 +81,8 @@ def _add_infer(commands: argparse._SubParsersAction) -> None:
     infer.add_argument(
         "--dense", action="append", default=[], metavar="COL", help="force kind=dense"
     )
-    infer.add_argument("--max-rows", type=_count, default=1_000_000, help="rows read per pass")
-    infer.add_argument("--max-buckets", type=_count, default=1 << 20, help="table size cap")
+    infer.add_argument("--max-rows", type=count, default=1_000_000, help="rows read per pass")
+    infer.add_argument("--max-buckets", type=count, default=1 << 20, help="table size cap")
     infer.add_argument("--force", action="store_true", help="overwrite an existing --out")
 
 
@@ -115,7 +105,7 @@ def _add_synth(commands: argparse._SubParsersAction) -> None:
         "frequent category columns) (default: %(default)s)",
     )
     synth.add_argument("--out", required=True, help="output folder (part-00000.parquet, ...)")
-    synth.add_argument("--rows", type=_count, required=True, help="rows in all (e.g. 1e6)")
+    synth.add_argument("--rows", type=count, required=True, help="rows in all (e.g. 1e6)")
     synth.add_argument("--seed", type=int, default=0, help="draws the rows (default 0)")
     synth.add_argument(
         "--model-seed",
@@ -127,14 +117,14 @@ def _add_synth(commands: argparse._SubParsersAction) -> None:
     defaults = ", ".join(f"{w}: {s.distinct:.0e}, {s.zipf}" for w, s in WORLDS.items())
     synth.add_argument(
         "--distinct",
-        type=_counts,
+        type=counts,
         help="distinct ids per C column: one count, or 26 comma-separated (default: the "
         "world's; distinct and Zipf exponent per world: " + defaults + ")",
     )
     synth.add_argument("--zipf", type=float, help="Zipf exponent (default: the world's)")
     synth.add_argument("--missing-rate", type=float, default=0.05)
-    synth.add_argument("--row-group-rows", type=_count, default=1 << 17)
-    synth.add_argument("--files", type=_count, default=1, help="rows are split over N files")
+    synth.add_argument("--row-group-rows", type=count, default=1 << 17)
+    synth.add_argument("--files", type=count, default=1, help="rows are split over N files")
     synth.add_argument("--gzip", action="store_true", help="gzip the TSV files")
 
 
@@ -147,7 +137,7 @@ def _add_criteo(commands: argparse._SubParsersAction) -> None:
     )
     criteo.add_argument("src", help="TSV file, folder, glob or URI (may be compressed)")
     criteo.add_argument("dst", help="output .parquet file or folder")
-    criteo.add_argument("--row-group-rows", type=_count, default=1 << 18)
+    criteo.add_argument("--row-group-rows", type=count, default=1 << 18)
     criteo.add_argument(
         "--skip-bad-lines",
         action="store_true",
@@ -194,7 +184,7 @@ def _stats_arguments(stats: argparse.ArgumentParser) -> None:
     stats.add_argument("overrides", nargs="*", help="Hydra overrides, as for recsys-train")
     stats.add_argument("--json", type=Path, help="also write the statistics as JSON here")
     stats.add_argument("--split", choices=["train", "eval"], default="train")
-    stats.add_argument("--max-rows", type=_count, help="read only the first N rows")
+    stats.add_argument("--max-rows", type=count, help="read only the first N rows")
     stats.add_argument(
         "--config-dir", help="your own config folder, as for recsys-train (e.g. data/mylog.yaml)"
     )
