@@ -28,12 +28,31 @@ _M_MMAP_THRESHOLD = -3
 
 
 @functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+def give_back_freed_memory() -> None:
+    """Return the heap's free pages to the OS now (glibc's malloc_trim; elsewhere nothing).
+
+    For a phase that allocates and frees big blocks one after the other (a checkpoint's row
+    chunks): under the thresholds above, freed blocks stay resident until the heap's free top
+    passes TRIM_THRESHOLD_BYTES, so fragments of several chunks added up (a 2-rank checkpoint
+    of 305 MiB shards peaked 118 MiB above training in 2 of 5 runs, not the ~2 chunks' 64)."""
+    libc = _libc()
+    trim = getattr(libc, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
 def keep_freed_memory() -> bool:
     """Apply the thresholds to this process (once). False where malloc is not glibc's."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None:
         return False
     applied = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
     applied = mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1 and applied
@@ -42,4 +61,9 @@ def keep_freed_memory() -> bool:
     return applied
 
 
-__all__ = ["MMAP_THRESHOLD_BYTES", "TRIM_THRESHOLD_BYTES", "keep_freed_memory"]
+__all__ = [
+    "MMAP_THRESHOLD_BYTES",
+    "TRIM_THRESHOLD_BYTES",
+    "give_back_freed_memory",
+    "keep_freed_memory",
+]

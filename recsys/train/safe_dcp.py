@@ -40,6 +40,8 @@ from torch.distributed.checkpoint.planner import (
 from torch.distributed.checkpoint.storage import WriteResult
 from torch.futures import Future
 
+from recsys.train.allocator import give_back_freed_memory
+
 METADATA_FILE = ".metadata"
 _DCP_MODULES = ("torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.filesystem")
 _ALLOWED = {
@@ -171,11 +173,20 @@ class BoundedFileSystemWriter(FileSystemWriter):
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
         prefix = plan.storage_data.prefix
-        files: queue.Queue = queue.Queue()
+        files: queue.Queue = _FilesFreeingMemory()
         for number, bucket in enumerate(_buckets(plan.items, self.file_bytes)):
             name = f"{prefix}{number}{DEFAULT_SUFFIX}"
             files.put((self.fs.concat_path(self.path, name), name, bucket))
         return self._write_data(planner, files)
+
+
+class _FilesFreeingMemory(queue.Queue):
+    """The writer's queue of files to write: taking the next one first hands the memory the
+    last one's chunks were copied into back to the OS (`give_back_freed_memory`)."""
+
+    def get_nowait(self):
+        give_back_freed_memory()
+        return super().get_nowait()
 
 
 def _buckets(items: list[WriteItem], limit: int) -> list[list[WriteItem]]:
