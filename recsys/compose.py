@@ -97,10 +97,27 @@ def explain(error: BaseException) -> str:
     for cause in _chain(error):
         if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
             message = str(getattr(cause, "msg", "") or cause).split("\n")[0]
-            return f"{cause.full_key}: {message}"
+            return f"{cause.full_key}: {message}{_new_entry_hint(message)}"
     message = str(error).split("\nConfig search path:")[0]  # Hydra's list of its own folders
     message = message.replace(":\n\t", ": ").replace("\n\t", ", ").replace("\n\n", ". ")
     return message.strip()
+
+
+# OmegaConf cannot create a typed dict entry from an override's value (omry/omegaconf#360):
+# `+data.features.NAME={...}` fails with this message, naming only NAME.
+_NEW_ENTRY = {"FeatureSpec": "data.features", "TableSpec": "data.tables"}
+
+
+def _new_entry_hint(message: str) -> str:
+    for spec, where in _NEW_ENTRY.items():
+        if f"is not a subclass of {spec}" in message:
+            return (
+                f". A new entry of {where} cannot be added by an override: add it to a data "
+                f"config (a copy of conf/data/<name>.yaml in your --config-dir, or one written "
+                f"by `recsys-data infer-schema`); existing entries take overrides such as "
+                f"{where}.<name>.<key>=VALUE"
+            )
+    return ""
 
 
 def _chain(error: BaseException) -> list[BaseException]:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
 
 from recsys.compose import conf_dir, explain, load_config
 from recsys.config import ConfigError, Device, TrainConfig
@@ -30,3 +31,19 @@ def test_user_config_dir_adds_group_options(tmp_path: Path) -> None:
     assert "trainer/quick" in explain(info.value) and "cpu, gpu" in explain(info.value)
     with pytest.raises(ConfigError, match="--config-dir"):
         load_config([], config_dir=str(tmp_path / "nowhere"))
+
+
+@pytest.mark.parametrize(
+    ("override", "where"),
+    [
+        ("+data.features.extra={kind: id, seed: 3}", "data.features"),
+        ("+data.tables.extra.num_buckets=64", "data.tables"),
+    ],
+)
+def test_a_new_feature_or_table_by_override_says_where_to_add_it(override: str, where: str) -> None:
+    with pytest.raises((HydraException, OmegaConfBaseException)) as info:
+        load_config([override])
+    message = explain(info.value)
+    assert message.startswith("extra: ")
+    assert f"A new entry of {where} cannot be added by an override" in message
+    assert "--config-dir" in message and f"{where}.<name>.<key>=VALUE" in message
