@@ -127,7 +127,34 @@ def _hash_plain(values: pa.Array, seed: np.uint32) -> tuple[np.ndarray, np.ndarr
     data, offsets = _string_buffers(values)
     lengths = np.diff(offsets)
     present = values.is_valid().to_numpy(zero_copy_only=False) & (lengths > 0)
-    return _hash_by_length(data, offsets[:-1], lengths, seed), present
+    hashes = _hash_one_length(data, offsets, lengths, seed)
+    if hashes is None:
+        hashes = _hash_by_length(data, offsets[:-1], lengths, seed)
+    return hashes, present
+
+
+def _hash_one_length(
+    data: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, seed: np.uint32
+) -> np.ndarray | None:
+    """The keys of a string array whose non-empty keys all have one byte length (Criteo's
+    8-hex ids, some missing), else None. Those keys lie back to back in the data buffer, so
+    they are one [m, length] view: no gather of each key, no grouping by length (which took
+    ~20% of the loader's time on `make bench`'s Criteo logs)."""
+    nonempty = lengths > 0
+    m = int(np.count_nonzero(nonempty))
+    if not m:
+        return None
+    length = int(lengths.max())
+    if int(offsets[-1] - offsets[0]) != m * length:  # another length among the non-empty
+        return None
+    start = int(offsets[0])
+    keys = data[start : start + m * length].reshape(m, length)
+    hashes = _murmur3_fixed(keys, m, length, seed)
+    if m == len(lengths):
+        return hashes
+    out = np.full(len(lengths), _murmur3_fixed(None, 1, 0, seed)[0])  # "" where empty
+    out[nonempty] = hashes
+    return out
 
 
 def _string_buffers(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:

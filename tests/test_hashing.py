@@ -148,6 +148,22 @@ def test_hash32_of_a_few_key_lengths_equals_mmh3() -> None:
         np.testing.assert_array_equal(present, [v != "" for v in values])
 
 
+def test_hash32_of_one_key_length_with_missing_values_equals_mmh3() -> None:
+    """Distinct 8-hex ids (read as one [m, 8] view of the data buffer) with empty strings and
+    nulls among them, whole and sliced (the view starts at the slice's first offset)."""
+    values = [f"{v:08x}" for v in np.random.default_rng(3).integers(0, 2**32, 20_000)]
+    full = pa.array(values)
+    values[::5] = [""] * len(values[::5])
+    values[1::11] = [None] * len(values[1::11])
+    expected = [hash_id(v, 9, 10**6) for v in values]
+    assert hash_array(full, 9, 10**6).tolist() == [hash_id(v, 9, 10**6) for v in full.to_pylist()]
+    assert hash_array(pa.array(values), 9, 10**6).tolist() == expected
+    assert hash_array(pa.array(values).slice(7, 12_000), 9, 10**6).tolist() == expected[7:12_007]
+    hashes, present = hash32_array(pa.array(values), 9)
+    np.testing.assert_array_equal(hashes[present], _reference(values, 9)[present])
+    np.testing.assert_array_equal(present, [bool(v) for v in values])
+
+
 def test_hash32_of_sliced_chunked_and_repetitive_columns() -> None:
     """Sliced arrays (non-zero offset), chunks, and the dictionary path for repetitive data."""
     values = [f"{v:08x}" for v in np.random.default_rng(1).integers(0, 50, 20_000)]
