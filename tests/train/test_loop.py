@@ -152,11 +152,13 @@ def test_one_cpu_process_trains_without_pipeline_or_ddp(tiny_log: TinyLog, tmp_p
         ) as epoch:
             assert isinstance(epoch._stepper, PlainStepper)
         keys = list(model.state_dict())
+        names = [name for name, _ in model.named_parameters()]  # the dense optimizer's keys
         DefaultDataParallelWrapper().wrap(
             model, ShardingEnv.from_process_group(dist.group.WORLD), env.device
         )
         assert isinstance(model._dmp_wrapped_module, DistributedDataParallel)
         assert list(model.state_dict()) == keys
+        assert [name for name, _ in model.named_parameters()] == names
     finally:
         shutdown_distributed()
     assert uses_pipeline(torch.device("cpu"), world_size=2)
