@@ -137,13 +137,13 @@ def _hash_one_length(
     data: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, seed: np.uint32
 ) -> np.ndarray | None:
     """The keys of a string array whose non-empty keys all have one byte length (Criteo's
-    8-hex ids, some missing), else None. Those keys lie back to back in the data buffer, so
-    they are one [m, length] view: no gather of each key, no grouping by length (which took
-    ~20% of the loader's time on `make bench`'s Criteo logs)."""
+    8-hex ids, some missing; or none at all), else None. Those keys lie back to back in the
+    data buffer, so they are one [m, length] view: no gather of each key, no grouping by
+    length (which took ~20% of the loader's time on `make bench`'s Criteo logs)."""
     nonempty = lengths > 0
     m = int(np.count_nonzero(nonempty))
     if not m:
-        return None
+        return np.full(len(lengths), _empty_key_hash(seed))
     length = int(lengths.max())
     if int(offsets[-1] - offsets[0]) != m * length:  # another length among the non-empty
         return None
@@ -152,9 +152,13 @@ def _hash_one_length(
     hashes = _murmur3_fixed(keys, m, length, seed)
     if m == len(lengths):
         return hashes
-    out = np.full(len(lengths), _murmur3_fixed(None, 1, 0, seed)[0])  # "" where empty
+    out = np.full(len(lengths), _empty_key_hash(seed))
     out[nonempty] = hashes
     return out
+
+
+def _empty_key_hash(seed: np.uint32) -> np.uint32:
+    return _murmur3_fixed(None, 1, 0, seed)[0]
 
 
 def _string_buffers(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -183,10 +187,9 @@ def _hash_by_length(
 
 
 def _same_length_groups(lengths: np.ndarray) -> list[np.ndarray]:
-    """Positions of the keys of each byte length. A few lengths (8-hex Criteo ids, and 0 for
-    the missing ones) are found with one pass each; many (free text) with one sort."""
-    if lengths.min() == lengths.max():
-        return [np.arange(len(lengths))]
+    """Positions of the keys of each byte length. A few lengths (ids of a few digit counts,
+    and 0 for the missing ones) are found with one pass each; many (free text) with one
+    sort. (One length with empty keys is `_hash_one_length`'s.)"""
     counts = np.bincount(lengths)
     present = np.flatnonzero(counts)
     if len(present) <= _FEW_LENGTHS:
