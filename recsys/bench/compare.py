@@ -51,7 +51,7 @@ from recsys.data.batch import Batch
 from recsys.distributed.env import DistEnv, init_distributed, shutdown_distributed
 from recsys.model.layout import FIRST_ORDER_WIDTH
 from recsys.schema import Schema, resolve_schema
-from recsys.train.threads import candidate_threads
+from recsys.train.threads import candidates_for
 
 SAME_THREADS = "_recsys_threads"  # suffix of a baseline run at recsys' thread count
 # ratio key -> (numerator, denominator, target): what each ratio in the report is. The
@@ -114,7 +114,7 @@ def contenders(
     ]
     # Plain Adagrad keeps a state per weight, not per row.
     each = {"torchrec_dlrm": cost(), "plain_pytorch": cost(0, shape.dim)}
-    ours = candidate_threads(cfg.trainer)[0]  # the count that leaves the loader a core
+    ours = candidates_for(cfg.trainer)[0].threads  # the count that leaves the loader a core
     for name in BASELINES:
         for threads, suffix in ((default_threads, ""), (ours, SAME_THREADS)):
             if suffix and ours == default_threads:
@@ -180,14 +180,15 @@ def compare_at(
             cfg, schema, env, steps, limits.threads, baselines, max_seconds
         )
         rates = alternate(entries, rounds)
-    chosen = recsys.chosen_threads()  # recsys' counts after their last trials
+    chosen = recsys.chosen()  # recsys' threads and read-ahead after their last trials
     median = {name: statistics.median(r) for name, r in rates.items()}
     out = {
         "batch_size": batch_size,
         "steps": steps,
         "rounds": rounds,
         "max_seconds_per_run": max_seconds,
-        "threads": {c.name: c.threads or chosen[c.name] for c in entries},
+        "threads": {c.name: c.threads or chosen[c.name].threads for c in entries},
+        "loader_reads_ahead": {name: c.read_ahead for name, c in chosen.items()},
         "samples_per_s": median,
         "rounds_samples_per_s": rates,
         "cost_per_sample": {c.name: c.cost.to_dict() for c in entries},
@@ -244,6 +245,9 @@ def print_report(report: dict) -> None:
                 f"{cost['flops']:>11,} {cost['embedding_bytes']:>12,} "
                 f"{100 * frac['flops_fraction']:>6.1f}% {100 * frac['bandwidth_fraction']:>6.2f}%"
             )
+        for name, ahead in r.get("loader_reads_ahead", {}).items():
+            how = "read ahead in a thread" if ahead else "made inline, between steps"
+            print(f"  {name}: batches {how}")
         for key, value in r["ratios"].items():
             target = r["targets"].get(key)
             verdict = "" if target is None else "ok" if value >= target else "MISSED"

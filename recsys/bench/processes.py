@@ -23,7 +23,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from recsys.bench.fixtures import BenchData, criteo_config, criteo_logs
-from recsys.bench.training import RecsysRuns
+from recsys.bench.training import LOADER, RecsysRuns
 from recsys.distributed.env import init_distributed, shutdown_distributed
 from recsys.schema import resolve_schema
 
@@ -42,7 +42,7 @@ def child(parquet: Path, batch_size: int, steps: int, overrides: list[str]) -> d
         runs.job.trainer.max_steps = steps
         dist.barrier()
         samples, seconds = runs.run(runs.loader)
-        threads = runs.job.thread_chooser().chosen
+        threads = runs.chosen()[LOADER].threads
     finally:
         shutdown_distributed()
     if env.rank != 0:

@@ -30,7 +30,7 @@ from recsys.distributed.env import DistEnv, init_distributed, shutdown_distribut
 from recsys.schema import Schema, resolve_schema
 from recsys.train.build import build_training, datasets
 from recsys.train.loop import Epoch, TrainJob, TrainState
-from recsys.train.threads import ThreadChooser, candidate_threads
+from recsys.train.threads import Candidate, ThreadChooser, candidates_for, trial_steps
 
 
 class PremadeBatches(IterableDataset):
@@ -77,8 +77,11 @@ class RecsysRuns:
         cfg.trainer.max_steps = steps  # TrainState starts at step 0 in every run
         self.job = TrainJob(training.model, training.optimizer, schema, cfg.trainer, env)
         # Threads are chosen per source: what suits pre-made batches need not suit the loader.
-        candidates = candidate_threads(cfg.trainer)
-        self._choosers = {name: ThreadChooser(candidates) for name in SOURCES}
+        candidates, batch = candidates_for(cfg.trainer), cfg.trainer.batch_size
+        self._choosers = {
+            LOADER: ThreadChooser(candidates, trial_steps(self.loader.read_rows, batch)),
+            PREMADE: ThreadChooser(candidates, trial_steps(batch, batch)),
+        }
 
     @functools.cached_property
     def memory(self) -> PremadeBatches:
@@ -101,8 +104,8 @@ class RecsysRuns:
         epoch.end()
         return state.samples, seconds
 
-    def chosen_threads(self) -> dict[str, int]:
-        """recsys_premade / recsys_loader -> the thread count each chose last."""
+    def chosen(self) -> dict[str, Candidate]:
+        """recsys_premade / recsys_loader -> the threads and read-ahead each chose last."""
         return {name: chooser.chosen for name, chooser in self._choosers.items()}
 
 

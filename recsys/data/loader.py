@@ -32,7 +32,7 @@ from recsys.config import DataFormat
 from recsys.data.batch import Batch
 from recsys.data.featurize import RecordOrigin, RowSlicer, featurize
 from recsys.data.holdout import HoldoutSplit, plan_holdout
-from recsys.data.prefetch import ThreadPrefetcher
+from recsys.data.prefetch import ReadAheadSwitch, ThreadPrefetcher
 from recsys.data.progress import BatchPosition, EpochProgress
 from recsys.data.reader import ROW_ID_COLUMN, UNIT_COLUMN, RowReader
 from recsys.data.rowcheck import BadRowLog
@@ -298,9 +298,12 @@ def _estimate_text_rows(fs, units: list[WorkUnit]) -> int:
     return max(1, round(total * lines / max(len(sample), 1)))
 
 
-def make_loader(dataset: StreamingDataset) -> Iterable[Batch]:
-    """Batches of `dataset`: read by worker processes (num_workers > 0), or in a background
-    thread of this process (num_workers = 0, the default: see recsys.data.prefetch).
+def make_loader(
+    dataset: StreamingDataset, switch: ReadAheadSwitch | None = None
+) -> Iterable[Batch]:
+    """Batches of `dataset`: read by worker processes (num_workers > 0), or in this process
+    (num_workers = 0, the default): ahead in a background thread, or by the consumer when
+    `switch` is off (see recsys.data.prefetch).
 
     Each iteration is a generator: closing it (or reading it to the end) stops and joins its
     thread or worker processes there and then.
@@ -320,7 +323,7 @@ def make_loader(dataset: StreamingDataset) -> Iterable[Batch]:
     # thread featurizes the next block while training takes this one, instead of the trainer
     # waiting on every block.
     batches_per_block = -(-dataset.read_rows // dataset.options.batch_size)
-    return ThreadPrefetcher(loader, depth=max(4, batches_per_block + 1))
+    return ThreadPrefetcher(loader, depth=max(4, batches_per_block + 1), switch=switch)
 
 
 class _WorkerBatches(Iterable[Batch]):

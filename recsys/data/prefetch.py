@@ -1,4 +1,4 @@
-"""Read ahead in a background thread of the training process.
+"""Read ahead in a background thread of the training process, or make each batch when asked.
 
 On a small machine, loader worker *processes* cost more than they save: every batch crosses a
 process boundary as a handful of shared-memory tensors, and the worker competes with the
@@ -6,6 +6,14 @@ trainer's own threads for the same cores (measured on 2 cores: real-loader train
 of in-memory batches with 1 worker, 0.82x in-process). A thread needs no copy, and Arrow,
 numpy and torch release the GIL in their kernels, so reading and hashing the next batches
 overlaps with the compute of the current one.
+
+That overlap only pays while a core is free for the thread. When training's OpenMP threads
+take every core, the loader thread preempts one of them and the others wait for it at the end
+of every parallel op. There the trainer does better making each batch itself, between steps,
+when it needs one (inline): on 2 cores with 2 training threads (Criteo layout, medians of 9
+alternating rounds, samples/s as a share of pre-made batches') reading ahead gave 0.758 at
+batch 4096 and 0.746 at 512, inline 0.792 and 0.804. `ReadAheadSwitch` says which of the two
+runs now; the trainer's `ThreadChooser` sets it with the thread count it is trying.
 """
 
 from __future__ import annotations
@@ -22,12 +30,38 @@ T = TypeVar("T")
 
 _END = object()
 LOADER_NICENESS = 10  # Linux applies setpriority to one thread when given its thread id
+_POLL_SECONDS = 0.1  # how long the thread waits at a time before it checks for a stop
+
 _running: set[_ReadAhead] = set()  # read-ahead threads started and not yet joined
 _running_lock = threading.Lock()
 
 
+class ReadAheadSwitch:
+    """On: the loader thread makes batches ahead. Off: the consumer makes each one when it
+    asks for it (the thread waits). Flipped by the consumer between items."""
+
+    def __init__(self, read_ahead: bool = True):
+        self._on = threading.Event()
+        self.set(read_ahead)
+
+    @property
+    def read_ahead(self) -> bool:
+        return self._on.is_set()
+
+    def set(self, read_ahead: bool) -> None:
+        if read_ahead:
+            self._on.set()
+        else:
+            self._on.clear()
+
+    def wait(self, timeout: float) -> bool:
+        """True once reading ahead is on; False after `timeout` seconds off."""
+        return self._on.wait(timeout)
+
+
 class ThreadPrefetcher(Iterable[T]):
-    """Iterates `source` in a daemon thread, keeping up to `depth` items ready.
+    """Iterates `source` in a daemon thread, keeping up to `depth` items ready; or, while
+    `switch` is off, on the consumer's thread, one item per request (in the same order).
 
     The thread starts with the iteration and is stopped and joined when the iterator ends,
     is closed (`close()`, or dropped) or the interpreter begins to exit, whichever comes
@@ -35,14 +69,15 @@ class ThreadPrefetcher(Iterable[T]):
     that aborts the process.
     """
 
-    def __init__(self, source: Iterable[T], depth: int = 4):
+    def __init__(self, source: Iterable[T], depth: int = 4, switch: ReadAheadSwitch | None = None):
         self.source, self.depth = source, depth
+        self.switch = switch or ReadAheadSwitch()
 
     def __iter__(self) -> Iterator[T]:
-        reader = _ReadAhead(self.source, self.depth)
+        reader = _ReadAhead(self.source, self.depth, self.switch)
         try:
             while True:
-                item = reader.ready.get()
+                item = reader.next()
                 if item is _END:
                     return
                 if isinstance(item, _Failure):
@@ -53,25 +88,69 @@ class ThreadPrefetcher(Iterable[T]):
 
 
 class _ReadAhead:
-    """One iteration's producer thread and its queue, in `_running` until joined."""
+    """One iteration's source, producer thread and queue, in `_running` until joined.
 
-    def __init__(self, source: Iterable, depth: int):
-        self.ready: queue.Queue = queue.Queue(maxsize=depth)
+    Either side takes the next item from the source under `taking`, and the thread queues
+    what it took before letting go, so items come out in the source's order whichever side
+    made them. `slots` bounds the queue: the thread takes an item only with a slot free.
+    """
+
+    def __init__(self, source: Iterable, depth: int, switch: ReadAheadSwitch):
+        self.items = iter(source)
+        self.switch = switch
+        self.ready: queue.SimpleQueue = queue.SimpleQueue()
+        self.slots = threading.Semaphore(depth)
+        self.taking = threading.Lock()
+        self.exhausted = False  # the source ended or failed: nothing more to take
         self.stopping = threading.Event()
-        self.thread = threading.Thread(
-            target=_produce, args=(source, self.ready, self.stopping), daemon=True,
-            name="recsys-loader",
-        )  # fmt: skip
+        self.thread = threading.Thread(target=self._produce, daemon=True, name="recsys-loader")
         with _running_lock:
             _running.add(self)
         self.thread.start()
 
+    def next(self) -> object:
+        """The next item, _END or a _Failure: queued by the thread, or made here (switch off)."""
+        if self.switch.read_ahead:
+            item = self.ready.get()
+            self.slots.release()
+            return item
+        with self.taking:
+            try:
+                item = self.ready.get_nowait()
+            except queue.Empty:
+                return self._take()
+        self.slots.release()
+        return item
+
+    def _take(self) -> object:
+        if self.exhausted:
+            return _END
+        try:
+            return next(self.items)
+        except StopIteration:
+            self.exhausted = True
+            return _END
+        except BaseException as e:  # handed to the consumer, raised there with its traceback
+            self.exhausted = True
+            return _Failure(e)
+
+    def _produce(self) -> None:
+        _lower_priority()
+        while not self.stopping.is_set():
+            if not self.switch.wait(_POLL_SECONDS) or not self.slots.acquire(timeout=_POLL_SECONDS):
+                continue
+            with self.taking:
+                if self.exhausted:  # the consumer took the end itself
+                    return
+                item = self._take()
+                self.ready.put(item)
+            if self.exhausted:
+                return
+
     def stop(self) -> None:
-        """Ask the producer to stop, and wait for it (it may be blocked on a full queue)."""
+        """Ask the producer to stop, and wait for it (it may be in the middle of an item)."""
         self.stopping.set()
-        while self.thread.is_alive():
-            _drain(self.ready)
-            self.thread.join(timeout=0.05)
+        self.thread.join()
         with _running_lock:
             _running.discard(self)
 
@@ -93,37 +172,8 @@ class _Failure:
         self.error = error
 
 
-def _produce(source: Iterable, ready: queue.Queue, stop: threading.Event) -> None:
-    _lower_priority()
-    try:
-        for item in source:
-            if not _put(ready, item, stop):
-                return
-        _put(ready, _END, stop)
-    except BaseException as e:  # handed to the consumer, raised there with its traceback
-        _put(ready, _Failure(e), stop)
-
-
 def _lower_priority() -> None:
     """Yield the cores to the training threads; read-ahead only has to keep up on average."""
     # Not Linux, or not permitted: the thread runs at normal priority.
     with contextlib.suppress(AttributeError, OSError):
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOADER_NICENESS)
-
-
-def _put(ready: queue.Queue, item: object, stop: threading.Event) -> bool:
-    while not stop.is_set():
-        try:
-            ready.put(item, timeout=0.1)
-            return True
-        except queue.Full:
-            continue
-    return False
-
-
-def _drain(ready: queue.Queue) -> None:
-    try:
-        while True:
-            ready.get_nowait()
-    except queue.Empty:
-        pass

@@ -39,7 +39,7 @@ from recsys.schema import Schema
 from recsys.train.allocator import keep_freed_memory
 from recsys.train.optim import LRScheduler
 from recsys.train.steppers import TakenBatches, make_stepper
-from recsys.train.threads import GIL_SWITCH_SECONDS, ThreadChooser, candidate_threads
+from recsys.train.threads import GIL_SWITCH_SECONDS, ThreadChooser, candidates_for, trial_steps
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +73,14 @@ class TrainJob:
     trainer: TrainerConfig
     env: DistEnv
     scheduler: LRScheduler | None = None
-    # Intra-op threads, chosen by timing steps; kept across epochs (recsys.train.threads).
+    # Intra-op threads and the loader's read-ahead, chosen by timing steps; kept across
+    # epochs (recsys.train.threads).
     threads: ThreadChooser | None = None
 
-    def thread_chooser(self) -> ThreadChooser:
+    def thread_chooser(self, dataset: StreamingDataset) -> ThreadChooser:
         if self.threads is None:
-            self.threads = ThreadChooser(candidate_threads(self.trainer))
+            steps = trial_steps(dataset.read_rows, self.trainer.batch_size)
+            self.threads = ThreadChooser(candidates_for(self.trainer), trial_steps=steps)
         return self.threads
 
     def reached_max_steps(self, state: TrainState) -> bool:
@@ -184,7 +186,7 @@ class Epoch:
         job, state = self.job, self.state
         job.model.train()
         threads, switch = torch.get_num_threads(), sys.getswitchinterval()
-        chooser = job.thread_chooser()
+        chooser = job.thread_chooser(self.dataset)
         sys.setswitchinterval(GIL_SWITCH_SECONDS)  # the loader thread yields the GIL sooner
         keep_freed_memory()  # process-wide, once: per-step buffers stay mapped
         self._start()
@@ -227,7 +229,8 @@ class Epoch:
 
     def _batches(self) -> Iterator[Batch]:
         padding = Batch.padding(self.job.schema, self.job.trainer.batch_size)
-        return lockstep(make_loader(self.dataset), padding, self.job.env)
+        switch = self.job.thread_chooser(self.dataset).switch
+        return lockstep(make_loader(self.dataset, switch), padding, self.job.env)
 
     def _step(self, taken: TakenBatches, window: _Window) -> Batch | None:
         """One optimizer step; None when the data is exhausted on every rank."""

@@ -13,7 +13,7 @@ import pytest
 from recsys.compose import load_config
 from recsys.data import loader
 from recsys.data.loader import LoaderOptions, StreamingDataset, make_loader
-from recsys.data.prefetch import ThreadPrefetcher, stop_all
+from recsys.data.prefetch import ReadAheadSwitch, ThreadPrefetcher, stop_all
 from recsys.schema import resolve_schema
 from tests.synthetic import TinyLog
 
@@ -24,6 +24,51 @@ def _alive_loader_threads() -> int:
 
 def test_yields_every_item_in_order():
     assert list(ThreadPrefetcher(range(1000), depth=3)) == list(range(1000))
+
+
+def test_switched_off_the_consumer_makes_each_item_itself():
+    makers = []
+
+    def source():
+        for i in range(50):
+            makers.append(threading.get_ident())
+            yield i
+
+    batches = ThreadPrefetcher(source(), depth=3, switch=ReadAheadSwitch(read_ahead=False))
+    assert list(batches) == list(range(50))
+    assert set(makers) == {threading.get_ident()}  # nothing was made ahead by the thread
+    assert _alive_loader_threads() == 0
+
+
+def test_flipping_the_switch_keeps_every_item_once_in_order():
+    makers = []
+
+    def source():
+        for i in range(2000):
+            makers.append(threading.get_ident())
+            if i % 7 == 0:
+                time.sleep(0.0005)  # let the thread race the consumer for the next item
+            yield i
+
+    switch = ReadAheadSwitch()
+    seen = []
+    for item in ThreadPrefetcher(source(), depth=4, switch=switch):
+        seen.append(item)
+        switch.set(read_ahead=(item // 50) % 2 == 0)  # as the trainer does between steps
+    assert seen == list(range(2000))
+    assert len(set(makers)) == 2  # both sides made some
+
+
+def test_an_error_made_inline_reaches_the_consumer():
+    def source():
+        yield from range(3)
+        raise ValueError("data/train.csv, line 4, column 'age': 'abc' is not a number")
+
+    seen = []
+    with pytest.raises(ValueError, match="line 4"):
+        for item in ThreadPrefetcher(source(), switch=ReadAheadSwitch(read_ahead=False)):
+            seen.append(item)
+    assert seen == [0, 1, 2] and _alive_loader_threads() == 0
 
 
 def test_an_error_in_the_source_reaches_the_consumer_after_the_items_before_it():

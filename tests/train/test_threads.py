@@ -6,7 +6,16 @@ import pytest
 import torch
 
 from recsys.config import TrainerConfig
-from recsys.train.threads import WARMUP_STEPS, ThreadChooser, candidate_threads
+from recsys.train.threads import (
+    TRIAL_STEPS,
+    WARMUP_STEPS,
+    Candidate,
+    ThreadChooser,
+    candidates_for,
+    trial_steps,
+)
+
+ONE, TWO = Candidate(1), Candidate(2, read_ahead=False)
 
 
 @pytest.fixture(autouse=True)
@@ -17,39 +26,61 @@ def _restore_threads():
 
 
 def _steps(chooser: ThreadChooser, n: int, seconds_at: dict[int, float]) -> list[int]:
-    """Run n steps where a step at t threads takes seconds_at[t]; the threads each step had."""
+    """Run n steps where a step at t threads takes seconds_at[t]; the threads each step had.
+    The loader's switch must say what the candidate says."""
     used = []
     for _ in range(n):
         chooser.before_step()
         used.append(torch.get_num_threads())
+        assert chooser.switch.read_ahead == chooser.current.read_ahead
         chooser.record(seconds_at[used[-1]])
     return used
 
 
 def test_keeps_the_faster_count_and_tries_again_when_load_changes() -> None:
-    chooser = ThreadChooser((1, 2), trial_steps=4, recheck_every=10)
+    chooser = ThreadChooser((ONE, TWO), trial_steps=4, recheck_every=10)
     trial = 2 * (WARMUP_STEPS + 4)
     used = _steps(chooser, trial, {1: 0.02, 2: 0.01})  # quiet machine: 2 threads win
     assert used == [1] * (trial // 2) + [2] * (trial // 2)
-    assert chooser.chosen == 2 and _steps(chooser, 10, {1: 0.02, 2: 0.01}) == [2] * 10
+    assert chooser.chosen == TWO and _steps(chooser, 10, {1: 0.02, 2: 0.01}) == [2] * 10
+    assert not chooser.switch.read_ahead  # every core trains: batches are made inline
     # Another process now keeps a core busy: 2 threads stall, the next trial goes back to 1.
     _steps(chooser, trial, {1: 0.02, 2: 0.5})
-    assert chooser.chosen_after == [2, 1] and _steps(chooser, 3, {1: 0.02, 2: 0.5}) == [1] * 3
+    assert chooser.chosen_after == [TWO, ONE] and _steps(chooser, 3, {1: 0.02, 2: 0.5}) == [1] * 3
+    assert chooser.switch.read_ahead
 
 
 def test_warmup_steps_after_a_switch_are_not_timed() -> None:
-    chooser = ThreadChooser((1, 2), trial_steps=2, recheck_every=100)
+    chooser = ThreadChooser((ONE, TWO), trial_steps=2, recheck_every=100)
     slow_first = iter([9.0] * WARMUP_STEPS + [0.03, 0.03] + [0.01] * WARMUP_STEPS + [0.05, 0.05])
     for _ in range(2 * (WARMUP_STEPS + 2)):
         chooser.before_step()
         chooser.record(next(slow_first))
-    assert chooser.chosen == 1  # 0.03 < 0.05: the 9 s warm-up steps did not count
+    assert chooser.chosen == ONE  # 0.03 < 0.05: the 9 s warm-up steps did not count
+
+
+def test_a_block_read_inline_counts_in_full() -> None:
+    # Inline, the first step of each block of 4 batches also reads the block (0.05 s): with
+    # 2 threads a step computes in 0.01 s, 0.0225 s on average with the reading; 1 thread,
+    # reading ahead, takes 0.02. A median (0.01) would have picked 2 threads.
+    chooser = ThreadChooser((ONE, TWO), trial_steps=4, recheck_every=100)
+    inline = iter([0.06, 0.01, 0.01, 0.01] * 3)
+    for _ in range(2 * (WARMUP_STEPS + 4)):
+        chooser.before_step()
+        chooser.record(0.02 if chooser.current == ONE else next(inline))
+    assert chooser.chosen == ONE
+
+
+def test_a_trial_covers_a_whole_block_of_batches() -> None:
+    assert trial_steps(read_rows=1 << 15, batch_size=512) == 64
+    assert trial_steps(read_rows=1 << 15, batch_size=4096) == TRIAL_STEPS
+    assert trial_steps(read_rows=1 << 15, batch_size=1 << 15) == TRIAL_STEPS
 
 
 def test_one_candidate_is_kept_without_trials(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert candidate_threads(TrainerConfig()) == (torch.get_num_threads(),)
-    chooser = ThreadChooser((3,), trial_steps=1, recheck_every=1)
+    assert candidates_for(TrainerConfig()) == (Candidate(torch.get_num_threads()),)
+    chooser = ThreadChooser((Candidate(3),), trial_steps=1, recheck_every=1)
     assert _steps(chooser, 5, {3: 0.1}) == [3] * 5 and chooser.chosen_after == []
 
 
@@ -59,5 +90,9 @@ def test_candidates_are_the_share_of_cores_with_and_without_the_loaders_core(
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr("os.sched_getaffinity", lambda _: set(range(8)))
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    assert candidate_threads(TrainerConfig()) == (3, 4)  # 4 cores each, one for the loader
-    assert candidate_threads(TrainerConfig(num_workers=2)) == (2, 4)
+    # 4 cores each: one left to the loader thread, or all four training and batches inline
+    assert candidates_for(TrainerConfig()) == (Candidate(3), Candidate(4, read_ahead=False))
+    # Worker processes read ahead whatever the thread count.
+    assert candidates_for(TrainerConfig(num_workers=2)) == (Candidate(2), Candidate(4))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # one core each: nothing to choose
+    assert candidates_for(TrainerConfig()) == (Candidate(1),)
