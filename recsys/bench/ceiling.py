@@ -89,7 +89,8 @@ def _rows(table: pa.Table, columns: int, num_dense: int, encode) -> Rows:
 
 def load(train: Path, eval_: Path, world: str) -> tuple[Rows, Rows, float, dict]:
     """Train and eval rows of the planted columns, ids indexed over both splits."""
-    from data_tools.synth import WORLDS, World, read_report
+    from data_tools.planted import WORLDS, World
+    from data_tools.synth import read_report
 
     spec = WORLDS[World(world)]
     columns = max([len(spec.effects), *(max(p) + 1 for p in spec.pairs)])

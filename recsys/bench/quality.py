@@ -61,7 +61,8 @@ class SynthLog:
 
     def write(self) -> None:
         """Written once; reused by every later study."""
-        from data_tools.synth import REPORT_FILE, SynthOptions, World, write_synthetic
+        from data_tools.planted import World
+        from data_tools.synth import REPORT_FILE, SynthOptions, write_synthetic
 
         distinct = None if self.distinct is None else (self.distinct,)
         for split, rows, seed in (("train", self.train_rows, 0), ("eval", self.eval_rows, 1)):

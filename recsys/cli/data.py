@@ -87,14 +87,15 @@ def _add_infer(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_synth(commands: argparse._SubParsersAction) -> None:
-    from data_tools.synth import REPORT_FILE, WORLDS, World
+    from data_tools.planted import WORLDS, World
+    from data_tools.synth import REPORT_FILE
 
     synth = commands.add_parser(
         "synth",
         help="write a synthetic Criteo-layout click log drawn from a planted model",
         description="Write a synthetic click log (Parquet with p_true, or raw Criteo TSV) and "
         f"{REPORT_FILE} (CTR, best AUC). Deterministic per seed; streamed, so any number of rows "
-        "fits in memory. Worlds (planted models) are described in data_tools/synth.py.",
+        "fits in memory. Worlds (planted models) are described in data_tools/planted.py.",
     )
     synth.add_argument(
         "--world",
@@ -294,7 +295,8 @@ def _check_composes(out: Path, name: str) -> None:
 
 
 def _synth(args: argparse.Namespace) -> None:
-    from data_tools.synth import REPORT_FILE, OutputFormat, SynthOptions, World, write_synthetic
+    from data_tools.planted import World
+    from data_tools.synth import REPORT_FILE, OutputFormat, SynthOptions, write_synthetic
 
     options = SynthOptions(
         out=args.out,

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from data_tools.synth import SynthOptions, World, write_synthetic
+from data_tools.planted import World
+from data_tools.synth import SynthOptions, write_synthetic
 from recsys.bench import ceiling
 
 

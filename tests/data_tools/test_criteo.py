@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from data_tools.criteo import ARROW_SCHEMA, COLUMNS, BadLinePolicy, ConvertOptions, convert_criteo
-from data_tools.synth import P_TRUE, OutputFormat, SynthOptions, write_synthetic
+from data_tools.planted import P_TRUE
+from data_tools.synth import OutputFormat, SynthOptions, write_synthetic
 from recsys.cli.data import main
 from recsys.data.featurize import DataError
 

@@ -22,19 +22,21 @@ from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import OneHotEncoder
 
 from data_tools.criteo import CATEGORICAL_COLUMNS, COLUMNS, DENSE_COLUMNS
-from data_tools.synth import (
+from data_tools.planted import (
     BLOCK_ROWS,
     CATEGORY_RANKS,
     HEAD_RANKS,
     P_TRUE,
-    REPORT_FILE,
     WORLDS,
     BoundedZipf,
-    OutputFormat,
     PlantedModel,
+    World,
+)
+from data_tools.synth import (
+    REPORT_FILE,
+    OutputFormat,
     SynthOptions,
     SynthReport,
-    World,
     read_report,
     write_synthetic,
 )
@@ -274,7 +276,9 @@ def _write(out: Path, world: World, rows: int = WORLD_ROWS, **kwargs) -> pa.Tabl
 
 def test_default_world_is_the_original_model_pinned() -> None:
     """The default (mixed) world's rows, pinned by digest: worlds must not change its bytes."""
-    table = PlantedModel(SynthOptions(out="unused", rows=2_000, distinct=(100,))).block(0, 2_000)
+    table = PlantedModel(SynthOptions(out="unused", rows=2_000, distinct=(100,)).draw()).block(
+        0, 2_000
+    )
     digest = hashlib.sha256()
     for column in ("label", "I1", "C1", "C10", P_TRUE):
         for buffer in table.column(column).combine_chunks().buffers():
