@@ -30,7 +30,8 @@ from recsys.data.progress import EpochProgress
 from recsys.data.source import SourceFormat
 from recsys.distributed.env import DistEnv, init_distributed, shutdown_distributed
 from recsys.distributed.gather import broadcast_object, export_group, local_shards
-from recsys.export.writer import export_metrics, exported_tables, write_export
+from recsys.export.measure import export_metrics
+from recsys.export.writer import exported_tables, write_export
 from recsys.schema import Schema
 from recsys.tracking import NullTracker, Tracker, open_tracker
 from recsys.train.best import BestModel

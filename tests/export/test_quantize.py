@@ -19,9 +19,10 @@ from recsys.compose import explain, load_config
 from recsys.config import ConfigError, TableDtype, TrainConfig
 from recsys.data.source import SourceFormat
 from recsys.export.manifest import MANIFEST_FILE, ExportError, Manifest
+from recsys.export.measure import binary_auc, export_metrics
 from recsys.export.quantize import dequantize_rows, encode, load_rows, quantize_rows
 from recsys.export.scorer import Scorer
-from recsys.export.writer import binary_auc, export_metrics, table_bytes, write_export
+from recsys.export.writer import table_bytes, write_export
 from recsys.metrics.binary import auc as reference_auc
 from recsys.model.layout import ModelWeights
 from recsys.model.registry import build_head, head_config
