@@ -46,6 +46,11 @@ WARMUP_STEPS = 2  # steps after a switch not timed: the thread team is being reb
 # at 400 that one went back to 1 thread (4.5 ms: 103.0k). A trial costs ~14 steps at the
 # slower count, under 1% of 500.
 RECHECK_EVERY = 500
+# A candidate whose mean step, after TRIAL_STEPS timed steps, is this many times one already
+# timed in the trial ends its trial there: a trial covers a whole read block (64 steps at
+# batch 512), and 2 threads on a busy machine can be 4-200x slower. Inline, the block's reading
+# lands on one step, which lifts a 12-step mean ~1.6x at 512 on 2 quiet cores: well below.
+ABANDON_RATIO = 3.0
 
 
 @dataclass(frozen=True)
@@ -86,8 +91,9 @@ class ThreadChooser:
     `record` each step's seconds (the wait for its batch included).
 
     Starts at the safe candidate (the fewest threads), trials every candidate for
-    `trial_steps` timed steps, keeps the one with the shortest mean step until the next
-    trial. One candidate: it is simply kept.
+    `trial_steps` timed steps (fewer once it is ABANDON_RATIO times slower than one already
+    timed), keeps the one with the shortest mean step until the next trial. One candidate:
+    it is simply kept.
     """
 
     def __init__(
@@ -121,7 +127,7 @@ class ThreadChooser:
             return
         candidate, times = self._trial[-1]
         times.append(seconds)
-        if len(times) < WARMUP_STEPS + self.trial_steps:
+        if len(times) < WARMUP_STEPS + self.trial_steps and not self._hopeless(times):
             return
         if len(self._trial) < len(self.candidates):
             self._trial.append((self.candidates[len(self._trial)], []))
@@ -134,6 +140,14 @@ class ThreadChooser:
         log.info("training with %s (mean step: %s)", _describe(self.chosen), steps)
         self._trial, self._until_trial = [], self.recheck_every
 
+    def _hopeless(self, times: list[float]) -> bool:
+        """The candidate being timed is already far slower than one timed before it."""
+        timed = times[WARMUP_STEPS:]
+        if len(self._trial) < 2 or len(timed) < TRIAL_STEPS:
+            return False
+        best = min(statistics.fmean(s[WARMUP_STEPS:]) for _, s in self._trial[:-1])
+        return statistics.fmean(timed) > ABANDON_RATIO * best
+
 
 def _describe(candidate: Candidate) -> str:
     loader = "loader reading ahead" if candidate.read_ahead else "batches made inline"
@@ -141,6 +155,7 @@ def _describe(candidate: Candidate) -> str:
 
 
 __all__ = [
+    "ABANDON_RATIO",
     "GIL_SWITCH_SECONDS",
     "RECHECK_EVERY",
     "TRIAL_STEPS",

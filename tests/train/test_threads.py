@@ -7,6 +7,7 @@ import torch
 
 from recsys.config import TrainerConfig
 from recsys.train.threads import (
+    ABANDON_RATIO,
     TRIAL_STEPS,
     WARMUP_STEPS,
     Candidate,
@@ -69,6 +70,18 @@ def test_a_block_read_inline_counts_in_full() -> None:
         chooser.before_step()
         chooser.record(0.02 if chooser.current == ONE else next(inline))
     assert chooser.chosen == ONE
+
+
+def test_a_far_slower_candidate_ends_its_long_trial_early() -> None:
+    chooser = ThreadChooser((ONE, TWO), trial_steps=64, recheck_every=100)
+    used = _steps(chooser, WARMUP_STEPS + 64, {1: 0.01, 2: ABANDON_RATIO * 0.011})
+    used += _steps(chooser, WARMUP_STEPS + TRIAL_STEPS, {1: 0.01, 2: ABANDON_RATIO * 0.011})
+    assert used.count(2) == WARMUP_STEPS + TRIAL_STEPS  # not 64: 2 threads stalled
+    assert chooser.chosen_after == [ONE]
+    # Slower, but not by that much (a block read inline on one step): the whole trial runs.
+    chooser = ThreadChooser((ONE, TWO), trial_steps=64, recheck_every=100)
+    used = _steps(chooser, 2 * (WARMUP_STEPS + 64), {1: 0.01, 2: 0.02})
+    assert used.count(2) == WARMUP_STEPS + 64 and chooser.chosen_after == [ONE]
 
 
 def test_a_trial_covers_a_whole_block_of_batches() -> None:
