@@ -30,11 +30,13 @@ from recsys.distributed.env import DistEnv, init_distributed, shutdown_distribut
 from recsys.schema import Schema, resolve_schema
 from recsys.train.build import build_training, datasets
 from recsys.train.loop import Epoch, TrainJob, TrainState
-from recsys.train.threads import Candidate, ThreadChooser, candidates_for, trial_steps
+from recsys.train.threads import Candidate, chooser_for
 
 
 class PremadeBatches(IterableDataset):
     """Batches already featurized and held in memory, served like a `StreamingDataset`."""
+
+    batches_per_block = 1  # each comes on its own
 
     def __init__(self, batches: list[Batch], batch_size: int):
         super().__init__()
@@ -77,10 +79,9 @@ class RecsysRuns:
         cfg.trainer.max_steps = steps  # TrainState starts at step 0 in every run
         self.job = TrainJob(training.model, training.optimizer, schema, cfg.trainer, env)
         # Threads are chosen per source: what suits pre-made batches need not suit the loader.
-        candidates, batch = candidates_for(cfg.trainer), cfg.trainer.batch_size
         self._choosers = {
-            LOADER: ThreadChooser(candidates, trial_steps(self.loader.read_rows, batch)),
-            PREMADE: ThreadChooser(candidates, trial_steps(batch, batch)),
+            LOADER: chooser_for(cfg.trainer, self.loader.batches_per_block),
+            PREMADE: chooser_for(cfg.trainer, PremadeBatches.batches_per_block),
         }
 
     @functools.cached_property

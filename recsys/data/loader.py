@@ -170,6 +170,11 @@ class StreamingDataset(IterableDataset):
         # rows are read (and hashed) at once.
         return max(self.options.batch_size, READ_BLOCK_ROWS)
 
+    @property
+    def batches_per_block(self) -> int:
+        """Batches cut out of one read block: they come at once, after its featurizing."""
+        return -(-self.read_rows // self.options.batch_size)
+
     def _buffer_limit(self) -> int:
         if not self.options.shuffle_buffer_rows:
             return self.options.batch_size
@@ -322,8 +327,8 @@ def make_loader(
     # A block's batches come at once after it is featurized: with room for them all, the
     # thread featurizes the next block while training takes this one, instead of the trainer
     # waiting on every block.
-    batches_per_block = -(-dataset.read_rows // dataset.options.batch_size)
-    return ThreadPrefetcher(loader, depth=max(4, batches_per_block + 1), switch=switch)
+    depth = max(4, dataset.batches_per_block + 1)
+    return ThreadPrefetcher(loader, depth=depth, switch=switch)
 
 
 class _WorkerBatches(Iterable[Batch]):

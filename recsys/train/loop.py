@@ -39,7 +39,7 @@ from recsys.schema import Schema
 from recsys.train.allocator import keep_freed_memory
 from recsys.train.optim import LRScheduler
 from recsys.train.steppers import TakenBatches, make_stepper
-from recsys.train.threads import GIL_SWITCH_SECONDS, ThreadChooser, candidates_for, trial_steps
+from recsys.train.threads import GIL_SWITCH_SECONDS, ThreadChooser, chooser_for
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,7 @@ class TrainJob:
 
     def thread_chooser(self, dataset: StreamingDataset) -> ThreadChooser:
         if self.threads is None:
-            steps = trial_steps(dataset.read_rows, self.trainer.batch_size)
-            self.threads = ThreadChooser(candidates_for(self.trainer), trial_steps=steps)
+            self.threads = chooser_for(self.trainer, dataset.batches_per_block)
         return self.threads
 
     def reached_max_steps(self, state: TrainState) -> bool:

@@ -79,11 +79,11 @@ def candidates_for(trainer: TrainerConfig) -> tuple[Candidate, ...]:
     return (Candidate(beside_loader), Candidate(share, read_ahead=trainer.num_workers > 0))
 
 
-def trial_steps(read_rows: int, batch_size: int) -> int:
-    """Timed steps per candidate: at least one block of `read_rows` rows. The loader
-    featurizes a block at once, so inline the block's first step takes its whole cost: any
-    run of that many steps holds exactly one such step, and its mean is the true rate."""
-    return max(TRIAL_STEPS, -(-read_rows // batch_size))
+def trial_steps(batches_per_block: int) -> int:
+    """Timed steps per candidate: at least one read block's batches. The loader featurizes
+    a block at once, so inline the block's first step takes its whole cost: any run of that
+    many steps holds exactly one such step, and its mean is the true rate."""
+    return max(TRIAL_STEPS, batches_per_block)
 
 
 class ThreadChooser:
@@ -149,6 +149,11 @@ class ThreadChooser:
         return statistics.fmean(timed) > ABANDON_RATIO * best
 
 
+def chooser_for(trainer: TrainerConfig, batches_per_block: int) -> ThreadChooser:
+    """The chooser of a training loop over a loader whose blocks hold that many batches."""
+    return ThreadChooser(candidates_for(trainer), trial_steps(batches_per_block))
+
+
 def _describe(candidate: Candidate) -> str:
     loader = "loader reading ahead" if candidate.read_ahead else "batches made inline"
     return f"{candidate.threads} threads, {loader}"
@@ -162,5 +167,6 @@ __all__ = [
     "Candidate",
     "ThreadChooser",
     "candidates_for",
+    "chooser_for",
     "trial_steps",
 ]

@@ -85,9 +85,8 @@ def test_a_far_slower_candidate_ends_its_long_trial_early() -> None:
 
 
 def test_a_trial_covers_a_whole_block_of_batches() -> None:
-    assert trial_steps(read_rows=1 << 15, batch_size=512) == 64
-    assert trial_steps(read_rows=1 << 15, batch_size=4096) == TRIAL_STEPS
-    assert trial_steps(read_rows=1 << 15, batch_size=1 << 15) == TRIAL_STEPS
+    assert trial_steps(batches_per_block=64) == 64  # 32k-row blocks at batch 512
+    assert trial_steps(batches_per_block=8) == TRIAL_STEPS  # at 4096
 
 
 def test_one_candidate_is_kept_without_trials(monkeypatch: pytest.MonkeyPatch) -> None:
