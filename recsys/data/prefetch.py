@@ -30,7 +30,6 @@ T = TypeVar("T")
 
 _END = object()
 LOADER_NICENESS = 10  # Linux applies setpriority to one thread when given its thread id
-_POLL_SECONDS = 0.1  # how long the thread waits at a time before it checks for a stop
 
 _running: set[_ReadAhead] = set()  # read-ahead threads started and not yet joined
 _running_lock = threading.Lock()
@@ -41,22 +40,29 @@ class ReadAheadSwitch:
     asks for it (the thread waits). Flipped by the consumer between items."""
 
     def __init__(self, read_ahead: bool = True):
-        self._on = threading.Event()
-        self.set(read_ahead)
+        self._changed = threading.Condition()
+        self._on = read_ahead
 
     @property
     def read_ahead(self) -> bool:
-        return self._on.is_set()
+        return self._on
 
     def set(self, read_ahead: bool) -> None:
-        if read_ahead:
-            self._on.set()
-        else:
-            self._on.clear()
+        if read_ahead != self._on:  # set before every step: no lock unless it changes
+            with self._changed:
+                self._on = read_ahead
+                self._changed.notify_all()
 
-    def wait(self, timeout: float) -> bool:
-        """True once reading ahead is on; False after `timeout` seconds off."""
-        return self._on.wait(timeout)
+    def wait(self, stop: threading.Event) -> bool:
+        """Block until reading ahead is on (True) or `stop` is set and `wake` called (False)."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._on or stop.is_set())
+        return not stop.is_set()
+
+    def wake(self) -> None:
+        """Let waiting threads look at their stop event again."""
+        with self._changed:
+            self._changed.notify_all()
 
 
 class ThreadPrefetcher(Iterable[T]):
@@ -136,9 +142,10 @@ class _ReadAhead:
 
     def _produce(self) -> None:
         _lower_priority()
-        while not self.stopping.is_set():
-            if not self.switch.wait(_POLL_SECONDS) or not self.slots.acquire(timeout=_POLL_SECONDS):
-                continue
+        while self.switch.wait(self.stopping):
+            self.slots.acquire()
+            if self.stopping.is_set():
+                return
             with self.taking:
                 if self.exhausted:  # the consumer took the end itself
                     return
@@ -149,7 +156,11 @@ class _ReadAhead:
 
     def stop(self) -> None:
         """Ask the producer to stop, and wait for it (it may be in the middle of an item)."""
+        # Woken, not polled: inline, every epoch ends with the thread waiting on the switch,
+        # and a 0.1 s poll made each such end 0.1 s late.
         self.stopping.set()
+        self.switch.wake()  # off: the thread waits on the switch
+        self.slots.release()  # on, with the queue full: it waits for a slot
         self.thread.join()
         with _running_lock:
             _running.discard(self)
