@@ -18,8 +18,12 @@ Guesses (each written as a comment beside its feature, to be checked):
              codes, small ordinals)
     dense    other numbers; transform log1p when they look like counts: at most 1% negative,
              a heavy tail (max >= 100 and >= 10 x mean)
-    skipped  time stamps (by type or name), constant or empty columns, nested or binary
-             values, other columns named like a label (outcomes: features would leak them)
+    skipped  time stamps (by type or name, or integers that all read as date codes:
+             YYMMDDHH, YYYYMMDD[HH], Unix seconds or milliseconds; as a number they only
+             grow with time, so eval rows lie past every trained value), row keys (text or
+             id-named integers with a distinct value on nearly every row: an id seen once
+             teaches nothing), constant or empty columns, nested or binary values, other
+             columns named like a label (outcomes: features would leak them)
 
 num_buckets: the power of two at or above 100 x distinct ids while that is at most 65,536
 rows (small vocabularies: ~1% of ids share a row, for at most 4 MiB at dim 16), else at or
@@ -35,6 +39,7 @@ import math
 import os
 import re
 from dataclasses import dataclass
+from datetime import datetime
 
 import pyarrow.types as pat
 
@@ -57,6 +62,14 @@ LABEL_NAMES = ("label", "click", "clicked", "clicks", "is_click", "clk", "target
 LABEL_NAMES += ("conversion", "converted", "is_converted")
 TIME_NAMES = ("timestamp", "time", "ts", "date", "datetime", "event_time", "created_at")
 FEW_DISTINCT = 16  # integer columns with at most this many values are read as ids
+# An id column with this share of distinct values is a row key (HyperLogLog: +-2% at 2 sd).
+ROW_KEY_SHARE = 0.9
+ROW_KEY_MIN_ROWS = 1000  # fewer rows say little: in a small sample most ids are unique
+_DATE_CODES = {  # digits -> (strptime layout, name)
+    8: (("%y%m%d%H", "YYMMDDHH"), ("%Y%m%d", "YYYYMMDD")),
+    10: (("%Y%m%d%H", "YYYYMMDDHH"),),
+}
+_UNIX_SECONDS = (946_684_800, 4_102_444_800)  # 2000-01-01 .. 2100-01-01
 SMALL_TABLE = 1 << 16  # tables this small get 100 rows per id: ~1% of ids collide
 _ID_NAME = re.compile(
     r"(^|[_\-. ])(id|uid|ids)$|(user|item|ad|session|device|app|product|movie|song|article|doc"
@@ -239,12 +252,49 @@ def _guess(name: str, profile: ColumnProfile | None, options: InferOptions) -> G
         for d, count in profile.delimited.items():
             if count >= 0.1 * profile.present:
                 return Guess(name, FeatureKind.id_list, f"{d!r}-joined lists", delimiter=d)
-        return Guess(name, FeatureKind.id, "text")
+        return _unless_row_key(Guess(name, FeatureKind.id, "text"), profile)
     if _ID_NAME.search(name.lower()) or re.search(r"[a-z]Id$", name):
-        return Guess(name, FeatureKind.id, "named like an id")
+        return _unless_row_key(Guess(name, FeatureKind.id, "named like an id"), profile)
     if profile.integral and round(profile.distinct) <= FEW_DISTINCT:
         return Guess(name, FeatureKind.id, f"{_range(profile)}: few values")
+    if profile.integral and _time_code(profile.low, profile.high):
+        reason = f"{_range(profile)} read as {_time_code(profile.low, profile.high)}"
+        return Guess(
+            name, None, f"skipped: looks like a time stamp ({reason}; --id or --dense to keep)"
+        )
     return Guess(name, FeatureKind.dense, _range(profile), _transform(profile))
+
+
+def _unless_row_key(guess: Guess, profile: ColumnProfile) -> Guess:
+    """Skipped instead when nearly every row has its own value (a request or event id)."""
+    if profile.present < ROW_KEY_MIN_ROWS or profile.distinct < ROW_KEY_SHARE * profile.present:
+        return guess
+    return Guess(
+        guess.column,
+        None,
+        f"skipped: looks like a row key (~{profile.distinct:,.0f} distinct in "
+        f"{profile.present:,} rows: an id seen once teaches nothing; --id to keep)",
+    )
+
+
+def _time_code(low: float, high: float) -> str | None:
+    """How integers from `low` to `high` read as time stamps, or None when they do not."""
+    for scale, unit in ((1, "Unix seconds"), (1000, "Unix milliseconds")):
+        if _UNIX_SECONDS[0] * scale <= low <= high < _UNIX_SECONDS[1] * scale:
+            return unit
+    digits = len(str(int(low)))
+    for layout, layout_name in _DATE_CODES.get(digits, ()):
+        if len(str(int(high))) == digits and all(_is_date(v, layout) for v in (low, high)):
+            return layout_name
+    return None
+
+
+def _is_date(value: float, layout: str) -> bool:
+    try:
+        datetime.strptime(str(int(value)), layout)
+    except ValueError:
+        return False
+    return True
 
 
 def _sparse_kind(profile: ColumnProfile) -> FeatureKind:
@@ -269,14 +319,23 @@ def _fill_from_stats(data: DataConfig, stats: DatasetStats, max_buckets: int) ->
     for f in stats.features:
         spec = data.features[f.name]
         if f.values is not None:
-            spec.mean = _round(f.values["suggested_mean"])
             spec.std = _round(f.values["suggested_std"]) or 1.0
+            spec.mean = _round_to_std(f.values["suggested_mean"], spec.std)
         else:
             data.tables[f.name] = TableSpec(num_buckets=num_buckets_for(f.distinct, max_buckets))
 
 
 def _round(x: float) -> float:
     return float(f"{x:.4g}") if math.isfinite(x) else 0.0
+
+
+def _round_to_std(mean: float, std: float) -> float:
+    """The mean to 1/1000 of a std: 4 significant digits would move a mean of 14,102,512
+    with std 245 by 10 std (date codes, ids as numbers)."""
+    if not math.isfinite(mean):
+        return 0.0
+    step = 10.0 ** (math.floor(math.log10(std)) - 3)
+    return float(f"{round(mean / step) * step:.12g}")
 
 
 # ------------------------------------------------------------------------- YAML
@@ -348,7 +407,7 @@ def _scalar(value) -> str:
         reserved = value.lower() in ("true", "false", "null", "yes", "no", "on", "off", "~")
         return value if plain and not reserved else json.dumps(value)
     if isinstance(value, float):
-        text = repr(float(f"{value:.6g}"))
+        text = repr(float(f"{value:.12g}"))
         mantissa = text.split("e")[0]
         return text.replace("e", ".0e") if "e" in text and "." not in mantissa else text
     return str(value)

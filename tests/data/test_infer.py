@@ -30,6 +30,10 @@ def _log(rows: int = ROWS, seed: int = 1) -> pa.Table:
         "price": np.round(rng.normal(10, 2, rows), 2),  # numbers
         "constant": np.full(rows, 7),
         "clicked_any": rng.integers(0, 2, rows),  # a 0/1 flag not named like a label
+        "request": [f"r{i:08x}" for i in rng.permutation(rows)],  # a row key: one per row
+        "hour": 14102100 + np.sort(rng.integers(0, 10, rows)) * 100 + rng.integers(0, 24, rows),
+        "sent_ms": 1_700_000_000_000 + np.sort(rng.integers(0, 10**9, rows)),  # Unix ms
+        "bid": np.round(rng.normal(5e7, 50, rows), 1),  # a large mean, a small spread
     }
     for name, values in extra.items():
         table = table.append_column(name, pa.array(values))
@@ -50,6 +54,7 @@ EXPECTED_KINDS = {
     "views": FeatureKind.dense,
     "price": FeatureKind.dense,
     "clicked_any": FeatureKind.id,
+    "bid": FeatureKind.dense,
 }
 
 
@@ -69,8 +74,10 @@ def test_guesses(files: dict[str, Path], fmt: str) -> None:
     data = inferred.data
     assert data.label.column == "label" and data.label.threshold is None
     assert {n: f.kind for n, f in data.features.items()} == EXPECTED_KINDS
-    skipped = {g.column for g in inferred.guesses if g.kind is None}
-    assert skipped == {"timestamp", "constant"}
+    reasons = {g.column: g.reason for g in inferred.guesses if g.kind is None}
+    assert set(reasons) == {"timestamp", "constant", "request", "hour", "sent_ms"}
+    assert "row key" in reasons["request"] and "YYMMDDHH" in reasons["hour"]
+    assert "Unix milliseconds" in reasons["sent_ms"]
     assert data.features["views"].transform is DenseTransform.log1p
     assert data.features["price"].transform is DenseTransform.none
     assert data.features["genres"].delimiter == ("|" if fmt == "csv" else None)
@@ -78,6 +85,9 @@ def test_guesses(files: dict[str, Path], fmt: str) -> None:
     views = np.log1p(_log().column("views").to_numpy())
     assert data.features["views"].mean == pytest.approx(views.mean(), rel=1e-3)
     assert data.features["views"].std == pytest.approx(views.std(), rel=1e-3)
+    # rounded to a small share of its std, not to 4 digits (that would move it by 100 std)
+    bid = _log().column("bid").to_numpy()
+    assert abs(data.features["bid"].mean - bid.mean()) < 0.01 * bid.std()
     assert data.tables["user_id"].num_buckets == 8192  # 60 users: 100 rows per id
     seeds = [f.seed for f in data.features.values() if f.kind is not FeatureKind.dense]
     assert sorted(seeds) == list(range(1, len(seeds) + 1))
