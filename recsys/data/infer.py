@@ -21,8 +21,8 @@ Guesses (each written as a comment beside its feature, to be checked):
     skipped  time stamps (by type or name, or integers that all read as date codes:
              YYMMDDHH, YYYYMMDD[HH], Unix seconds or milliseconds; as a number they only
              grow with time, so eval rows lie past every trained value), row keys (text or
-             id-named integers with a distinct value on nearly every row: an id seen once
-             teaches nothing), constant or empty columns, nested or binary values, other
+             id-named integers whose values never repeat within a block of rows read and
+             are >= 90% distinct overall: an id seen once teaches nothing), constant or empty columns, nested or binary values, other
              columns named like a label (outcomes: features would leak them)
 
 num_buckets: the power of two at or above 100 x distinct ids while that is at most 65,536
@@ -62,7 +62,8 @@ LABEL_NAMES = ("label", "click", "clicked", "clicks", "is_click", "clk", "target
 LABEL_NAMES += ("conversion", "converted", "is_converted")
 TIME_NAMES = ("timestamp", "time", "ts", "date", "datetime", "event_time", "created_at")
 FEW_DISTINCT = 16  # integer columns with at most this many values are read as ids
-# An id column with this share of distinct values is a row key (HyperLogLog: +-2% at 2 sd).
+# A row key: no value twice within any block read, and this share distinct overall. Not the
+# share alone: a long-tailed id (most ids once, a head seen often) still teaches through its head.
 ROW_KEY_SHARE = 0.9
 ROW_KEY_MIN_ROWS = 1000  # fewer rows say little: in a small sample most ids are unique
 _DATE_CODES = {  # digits -> (strptime layout, name)
@@ -266,8 +267,9 @@ def _guess(name: str, profile: ColumnProfile | None, options: InferOptions) -> G
 
 
 def _unless_row_key(guess: Guess, profile: ColumnProfile) -> Guess:
-    """Skipped instead when nearly every row has its own value (a request or event id)."""
-    if profile.present < ROW_KEY_MIN_ROWS or profile.distinct < ROW_KEY_SHARE * profile.present:
+    """Skipped instead when every row has its own value (a request or event id)."""
+    few = profile.present < ROW_KEY_MIN_ROWS
+    if few or profile.repeats or profile.distinct < ROW_KEY_SHARE * profile.present:
         return guess
     return Guess(
         guess.column,

@@ -43,6 +43,7 @@ class ColumnProfile:
         self.small: set[str] | None = set()  # None once more than _SMALL distinct values
         self.delimited = dict.fromkeys(LIST_DELIMITERS, 0)
         self.hll = HyperLogLog()
+        self.repeats = False  # some block of rows held a value twice (exact, per block)
 
     @property
     def is_list(self) -> bool:
@@ -74,6 +75,8 @@ class ColumnProfile:
         self.rows += len(column)
         self.missing += text.null_count
         self.hll.add(present)
+        if not self.repeats:  # a row key never repeats; most columns do in their first block
+            self.repeats = pc.count_distinct(present).as_py() < len(present)
         if self.small is not None:
             self.small |= set(pc.unique(present).to_pylist()[: _SMALL + 1])
             self.small = self.small if len(self.small) <= _SMALL else None

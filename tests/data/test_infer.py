@@ -31,6 +31,8 @@ def _log(rows: int = ROWS, seed: int = 1) -> pa.Table:
         "constant": np.full(rows, 7),
         "clicked_any": rng.integers(0, 2, rows),  # a 0/1 flag not named like a label
         "request": [f"r{i:08x}" for i in rng.permutation(rows)],  # a row key: one per row
+        # as distinct, but its head repeats: a long-tailed id, kept
+        "referrer": [f"s{i if i >= rows // 50 else 0:08x}" for i in rng.permutation(rows)],
         "hour": 14102100 + np.sort(rng.integers(0, 10, rows)) * 100 + rng.integers(0, 24, rows),
         "sent_ms": 1_700_000_000_000 + np.sort(rng.integers(0, 10**9, rows)),  # Unix ms
         "bid": np.round(rng.normal(5e7, 50, rows), 1),  # a large mean, a small spread
@@ -55,6 +57,7 @@ EXPECTED_KINDS = {
     "price": FeatureKind.dense,
     "clicked_any": FeatureKind.id,
     "bid": FeatureKind.dense,
+    "referrer": FeatureKind.id,
 }
 
 
