@@ -80,9 +80,10 @@ def candidates_for(trainer: TrainerConfig) -> tuple[Candidate, ...]:
 
 
 def trial_steps(batches_per_block: int) -> int:
-    """Timed steps per candidate: at least one read block's batches. The loader featurizes
-    a block at once, so inline the block's first step takes its whole cost: any run of that
-    many steps holds exactly one such step, and its mean is the true rate."""
+    """Timed steps per inline candidate: at least one read block's batches. The loader
+    featurizes a block at once, so inline the block's first step takes its whole cost: any run
+    of that many steps holds exactly one such step, and its mean is the true rate. Reading
+    ahead spreads that cost off the training thread: TRIAL_STEPS tell its rate."""
     return max(TRIAL_STEPS, batches_per_block)
 
 
@@ -91,9 +92,9 @@ class ThreadChooser:
     `record` each step's seconds (the wait for its batch included).
 
     Starts at the safe candidate (the fewest threads), trials every candidate for
-    `trial_steps` timed steps (fewer once it is ABANDON_RATIO times slower than one already
-    timed), keeps the one with the shortest mean step until the next trial. One candidate:
-    it is simply kept.
+    `trial_steps` timed steps, or at most TRIAL_STEPS where the loader reads ahead (fewer once
+    it is ABANDON_RATIO times slower than one already timed), keeps the one with the shortest
+    mean step until the next trial. One candidate: it is simply kept.
     """
 
     def __init__(
@@ -127,7 +128,7 @@ class ThreadChooser:
             return
         candidate, times = self._trial[-1]
         times.append(seconds)
-        if len(times) < WARMUP_STEPS + self.trial_steps and not self._hopeless(times):
+        if len(times) < WARMUP_STEPS + self._length(candidate) and not self._hopeless(times):
             return
         if len(self._trial) < len(self.candidates):
             self._trial.append((self.candidates[len(self._trial)], []))
@@ -139,6 +140,12 @@ class ThreadChooser:
         steps = ", ".join(f"{_describe(c)}: {m * 1e3:.2f} ms" for c, m in means.items())
         log.info("training with %s (mean step: %s)", _describe(self.chosen), steps)
         self._trial, self._until_trial = [], self.recheck_every
+
+    def _length(self, candidate: Candidate) -> int:
+        """Timed steps of the candidate's trial. Reading ahead, a block's cost is off the
+        training thread, so a whole block's steps are not needed: a 1-thread trial at batch
+        512 took 64 steps at the slower count where 12 tell the same."""
+        return min(self.trial_steps, TRIAL_STEPS) if candidate.read_ahead else self.trial_steps
 
     def _hopeless(self, times: list[float]) -> bool:
         """The candidate being timed is already far slower than one timed before it."""

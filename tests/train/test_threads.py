@@ -84,6 +84,15 @@ def test_a_far_slower_candidate_ends_its_long_trial_early() -> None:
     assert used.count(2) == WARMUP_STEPS + 64 and chooser.chosen_after == [ONE]
 
 
+def test_only_an_inline_trial_covers_a_whole_block() -> None:
+    # Reading ahead, the block's cost is off the training thread: TRIAL_STEPS tell its rate,
+    # and the slower count is not kept a whole block (64 steps at batch 512).
+    chooser = ThreadChooser((ONE, TWO), trial_steps=64, recheck_every=100)
+    used = _steps(chooser, 2 * WARMUP_STEPS + TRIAL_STEPS + 64, {1: 0.02, 2: 0.01})
+    assert used == [1] * (WARMUP_STEPS + TRIAL_STEPS) + [2] * (WARMUP_STEPS + 64)
+    assert chooser.chosen_after == [TWO]
+
+
 def test_a_trial_covers_a_whole_block_of_batches() -> None:
     assert trial_steps(batches_per_block=64) == 64  # 32k-row blocks at batch 512
     assert trial_steps(batches_per_block=8) == TRIAL_STEPS  # at 4096
