@@ -35,12 +35,8 @@ from recsys.distributed.env import DistEnv
 from recsys.metrics import BinaryMetrics
 from recsys.schema import Schema
 from recsys.tracking import Tracker
-from recsys.train.checkpoint import (
-    CHECKPOINTS_DIR,
-    META_FILE,
-    load_weights,
-    promote_checkpoint,
-)
+from recsys.train.checkpoint import load_weights
+from recsys.train.checkpoint_layout import CHECKPOINTS_DIR, META_FILE, promote_checkpoint
 from recsys.train.loop import TrainState
 from recsys.train.stopping import EarlyStopping
 

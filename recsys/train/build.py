@@ -27,7 +27,7 @@ from recsys.model.layout import WeightLayout
 from recsys.model.registry import AnyHeadConfig
 from recsys.model.sparse import SparseArch
 from recsys.schema import Schema
-from recsys.train.checkpoint import CheckpointError
+from recsys.train.checkpoint_layout import CheckpointError
 from recsys.train.optim import dense_optimizer_factory
 from recsys.train.wrapper import ClickModelTrain
 

@@ -1,18 +1,7 @@
-"""Checkpoints: sharded model + optimizers (torch.distributed.checkpoint), position, RNG, schema.
-
-Layout, under a run's output folder:
-
-    checkpoints/step_<N>/
-      .metadata, __<rank>_<i>.distcp   DCP: every rank writes its own table shards and
-                                       optimizer state, in row chunks of bounded size
-                                       (recsys.train.safe_dcp: a save costs a chunk of memory,
-                                       not a copy of the tables); DCP reshards on load, so a
-                                       checkpoint written by 2 processes resumes on 1 (or 8)
-      trainer_state.pt                 step, epoch, the loader position of all ranks merged
-                                       (EpochProgress.state_dict()), RNG states of every rank;
-                                       plain Python values and tensors only, read back with
-                                       torch.load(weights_only=True): never unpickled
-      meta.json                        step, epoch, world size, time, schema + fingerprint, config
+"""Saving and loading a checkpoint: sharded model + optimizers (torch.distributed.checkpoint),
+position, RNG, schema. Where the files go and how step folders are found lives in
+recsys.train.checkpoint_layout; the checks a checkpoint passes before it is loaded, in
+recsys.train.checkpoint_checks.
 
 Writing is atomic: every rank writes into `step_<N>.tmp/`, then, after a barrier, rank 0
 renames it to `step_<N>/` and only then prunes old checkpoints. A crash while writing leaves a
@@ -25,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
 import shutil
 import time
 import warnings
@@ -36,34 +24,37 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.metadata import Metadata
 
 from recsys.config import ConfigError
 from recsys.distributed.env import DistEnv
 from recsys.distributed.gather import broadcast_object, gather_objects
-from recsys.schema import Schema, schema_differences
-from recsys.train import safe_dcp
+from recsys.schema import Schema
+from recsys.train.checkpoint_checks import (
+    check_format_version,
+    check_schema,
+    read_dcp_metadata,
+    read_trainer_state,
+)
+from recsys.train.checkpoint_layout import (
+    CHECKPOINTS_DIR,
+    FORMAT_VERSION,
+    META_FILE,
+    STATE_FILE,
+    STEP_PREFIX,
+    TMP_SUFFIX,
+    barrier,
+    prune_checkpoints,
+    read_meta,
+)
 from recsys.train.safe_dcp import BoundedFileSystemWriter, ChunkedSavePlanner, SafeFileSystemReader
 from recsys.train.seeding import restore_rng, rng_state
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS_DIR = "checkpoints"
-STEP_PREFIX = "step_"
-TMP_SUFFIX = ".tmp"
-META_FILE = "meta.json"
-STATE_FILE = "trainer_state.pt"
-# 2: trainer_state.pt holds only plain values and tensors (v1 pickled NumPy objects).
-FORMAT_VERSION = 2
 # The checkpoint's two sections; DCP flattens them into "<section>.<state key>".
 MODEL_SECTION, OPTIMIZER_SECTION = "model", "optim"
-
-
-class CheckpointError(ConfigError):
-    """A checkpoint cannot be used: missing, incomplete, or made for another schema."""
 
 
 @dataclass
@@ -163,7 +154,7 @@ def save_checkpoint(
     if env.is_main:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-    _barrier(env)
+    barrier(env)
     # Param groups (learning rates) are not saved: the fused optimizer groups its tables by
     # rank, which would not fit another sharding, and the lr schedule is a function of the step.
     with _quiet_dcp():
@@ -187,13 +178,13 @@ def save_checkpoint(
         }
         torch.save(trainer_state, staging / STATE_FILE)
         (staging / META_FILE).write_text(json.dumps(_meta(step, epoch, schema, config, env)))
-    _barrier(env)  # every rank's shards are on disk before the folder becomes visible
+    barrier(env)  # every rank's shards are on disk before the folder becomes visible
     if env.is_main:
         shutil.rmtree(final, ignore_errors=True)
         staging.rename(final)
         prune_checkpoints(root, keep_last)
         log.info("checkpoint written: %s (%.2f s)", final, time.perf_counter() - started)
-    _barrier(env)
+    barrier(env)
     return final
 
 
@@ -215,89 +206,6 @@ def _meta(step: int, epoch: int, schema: Schema, config: Any, env: DistEnv) -> d
         "schema_fingerprint": schema.fingerprint(),
         "config": json.loads(json.dumps(asdict(config), default=str)),
     }
-
-
-def promote_checkpoint(source: Path, output_dir: Path, env: DistEnv) -> Path:
-    """Make `source` (a complete checkpoint) the run's last one: checkpoints of later steps
-    under `<output_dir>/checkpoints/` are deleted, and `source` moves there as `step_<N>/`
-    (is copied, when it belongs to another run). A collective: all ranks call it."""
-    root, step = Path(output_dir) / CHECKPOINTS_DIR, _step_of(Path(source))
-    target = root / f"{STEP_PREFIX}{step}"
-    if env.is_main:
-        for later in [p for p in _complete_in(root) if _step_of(p) > step]:
-            shutil.rmtree(later, ignore_errors=True)
-        if not (target / META_FILE).is_file():
-            root.mkdir(parents=True, exist_ok=True)
-            if Path(source).resolve().is_relative_to(Path(output_dir).resolve()):
-                Path(source).rename(target)
-            else:
-                shutil.copytree(source, target)
-        log.info("the last checkpoint is now the best step's: %s", target)
-    _barrier(env)
-    return target
-
-
-def prune_checkpoints(root: Path, keep_last: int) -> list[Path]:
-    """Delete all but the newest `keep_last` complete checkpoints and any leftover `.tmp`."""
-    removed = [p for p in root.glob(f"{STEP_PREFIX}*{TMP_SUFFIX}") if p.is_dir()]
-    complete = sorted(_complete_in(root), key=_step_of)
-    if keep_last > 0:
-        removed += complete[:-keep_last]
-    for path in removed:
-        shutil.rmtree(path, ignore_errors=True)
-    return removed
-
-
-# ----------------------------------------------------------------------------------- finding
-
-
-def _step_of(path: Path) -> int:
-    return int(path.name[len(STEP_PREFIX) :])
-
-
-def _complete_in(root: Path) -> list[Path]:
-    """Finished checkpoints in one `checkpoints/` folder (renamed from .tmp, meta present)."""
-    return [
-        p
-        for p in root.glob(f"{STEP_PREFIX}*")
-        if p.is_dir() and p.name[len(STEP_PREFIX) :].isdigit() and (p / META_FILE).is_file()
-    ]
-
-
-def find_latest(search_dir: Path) -> Path | None:
-    """The most recently written complete checkpoint anywhere under `search_dir` (all runs)."""
-    candidates = [c for root in Path(search_dir).rglob(CHECKPOINTS_DIR) for c in _complete_in(root)]
-    if not candidates:
-        return None
-    return max(candidates, key=lambda p: (read_meta(p)["created_unix"], _step_of(p)))
-
-
-def resolve_checkpoint(spec: str, search_dir: Path) -> Path:
-    """`latest`, a step folder, or a run folder (its newest checkpoint) -> a step folder."""
-    if spec == "latest":
-        found = find_latest(search_dir)
-        if found is None:
-            raise CheckpointError(
-                f"trainer.resume=latest: no complete checkpoint under {Path(search_dir).resolve()}. "
-                f"Train with trainer.checkpoint.every_n_steps=N (or at_epoch_end=true) first, or "
-                f"point trainer.checkpoint.search_dir at the folder holding your runs."
-            )
-        return found
-    path = Path(spec)
-    if (path / META_FILE).is_file() and not path.name.endswith(TMP_SUFFIX):
-        return path
-    complete = _complete_in(path / CHECKPOINTS_DIR) if path.is_dir() else []
-    if complete:
-        return max(complete, key=_step_of)
-    raise CheckpointError(
-        f"trainer.resume={spec}: not a checkpoint folder (no {META_FILE}) nor a run folder with "
-        f"complete checkpoints under {CHECKPOINTS_DIR}/. A '{TMP_SUFFIX}' folder is an "
-        f"interrupted write and cannot be resumed from."
-    )
-
-
-def read_meta(path: Path) -> dict[str, Any]:
-    return json.loads((Path(path) / META_FILE).read_text())
 
 
 # ----------------------------------------------------------------------------------- loading
@@ -359,66 +267,6 @@ def load_weights(path: Path, model: nn.Module, schema: Schema, env: DistEnv) -> 
     model.load_state_dict(model_state)
 
 
-def check_format_version(meta: dict[str, Any], path: Path) -> None:
-    """Resume only from checkpoints this recsys writes; say what to do with any other."""
-    version = meta.get("format_version")
-    if version == FORMAT_VERSION:
-        return
-    where = Path(path) / META_FILE
-    if isinstance(version, int) and version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{where}: checkpoint format v{version} is newer than this recsys reads "
-            f"(v{FORMAT_VERSION}). Upgrade recsys to the version that wrote it to resume."
-        )
-    raise CheckpointError(
-        f"{where}: checkpoint format v{version} is older than this recsys reads "
-        f"(v{FORMAT_VERSION}; v1 kept trainer state as pickled objects, which are never loaded "
-        f"now). Resume it with the recsys that wrote it, or start a new run with "
-        f"trainer.warm_start={path} to reuse its weights (warm start reads only tensors)."
-    )
-
-
-def read_trainer_state(path: Path) -> dict[str, Any]:
-    """`trainer_state.pt` with `weights_only=True`: tensors and plain values only, so a file
-    that smuggles in a pickled object is refused before any of its code runs."""
-    file = Path(path) / STATE_FILE
-    if not file.is_file():
-        raise CheckpointError(
-            f"{file} not found: the checkpoint is incomplete; resume from "
-            f"another one (trainer.resume=<step folder>)."
-        )
-    try:
-        return torch.load(file, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"{file} holds something other than tensors and plain values and was not loaded "
-            f"(nothing in it ran{_refused_global(e)}). recsys never writes that: the file was "
-            f"replaced or edited. Resume from a checkpoint you trust."
-        ) from e
-    except (RuntimeError, EOFError) as e:
-        raise CheckpointError(
-            f"{file} cannot be read ({e}): the file is truncated or corrupted. Resume from "
-            f"another checkpoint (trainer.resume=<step folder>)."
-        ) from e
-
-
-def read_dcp_metadata(path: Path) -> Metadata:
-    """DCP's `.metadata` (a pickle) through an unpickler that builds only DCP's own classes."""
-    try:
-        return safe_dcp.read_metadata(path)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"{e}. The checkpoint was not loaded (nothing in it ran): it was replaced or "
-            f"edited; resume or warm-start from a checkpoint you trust."
-        ) from e
-
-
-def _refused_global(error: Exception) -> str:
-    """torch's message names the refused type on one line, amid advice to load unsafely."""
-    lines = [line.strip() for line in str(error).splitlines() if "GLOBAL" in line]
-    return f"; {lines[0]}" if lines else ""
-
-
 def _init_optimizer_state(optimizer: Any) -> None:
     """Create lazily made optimizer state (Adam's moments) so the checkpoint loads into it.
 
@@ -432,18 +280,6 @@ def _init_optimizer_state(optimizer: Any) -> None:
             part.init_state()
 
 
-def check_schema(saved: dict[str, Any], schema: Schema, where: Path) -> None:
-    """A checkpoint fits only the schema it was trained with; say which data.* keys differ."""
-    if Schema.from_dict(saved).fingerprint() == schema.fingerprint():
-        return
-    differences = schema_differences(saved, schema.to_dict())
-    raise CheckpointError(
-        f"{where} was written for another feature schema; differing settings: "
-        f"{'; '.join(differences)}. Use the data config the checkpoint was trained with, or "
-        f"start a new run with trainer.warm_start={where} to reuse matching tables."
-    )
-
-
 # ------------------------------------------------------------------------------- helpers
 
 
@@ -455,8 +291,3 @@ def _quiet_dcp() -> Iterator[None]:
         warnings.simplefilter("ignore", FutureWarning)
         warnings.filterwarnings("ignore", message=".*assuming the intent is to")  # 1 process
         yield
-
-
-def _barrier(env: DistEnv) -> None:
-    if env.world_size > 1:
-        dist.barrier()

@@ -36,22 +36,18 @@ from recsys.schema import Schema
 from recsys.tracking import NullTracker, Tracker, open_tracker
 from recsys.train.best import BestModel
 from recsys.train.build import build_training, check_validation, datasets
-from recsys.train.checkpoint import (
-    Checkpointer,
-    ResumePoint,
-    load_checkpoint,
-    resolve_checkpoint,
-    save_checkpoint,
-)
+from recsys.train.checkpoint import Checkpointer, ResumePoint, load_checkpoint, save_checkpoint
+from recsys.train.checkpoint_layout import resolve_checkpoint
 from recsys.train.evaluator import Evaluation, evaluate
 from recsys.train.loop import Epoch, TrainJob, TrainState
 from recsys.train.optim import LRScheduler, estimated_total_steps
 from recsys.train.plots import collision_stats, run_figures
 from recsys.train.record import provenance, record_start
+from recsys.train.remap_state import load_expiry
 from recsys.train.result import TrainResult
 from recsys.train.seeding import configure_determinism, seed_everything
 from recsys.train.validate import validate
-from recsys.train.warm_start import WarmStartReport, load_expiry, warm_start
+from recsys.train.warm_start import WarmStartReport, warm_start
 
 log = logging.getLogger(__name__)
 

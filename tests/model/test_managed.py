@@ -30,7 +30,7 @@ from recsys.export.scorer import Scorer
 from recsys.model.layout import FIRST_ORDER_SUFFIX
 from recsys.model.sparse import SparseArch
 from recsys.schema import Schema, resolve_schema
-from recsys.train.checkpoint import read_meta
+from recsys.train.checkpoint_layout import read_meta
 from recsys.train.recipe import run
 from tests.synthetic import TinyLog
 

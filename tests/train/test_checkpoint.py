@@ -21,16 +21,14 @@ from recsys.config import TrainConfig
 from recsys.data.progress import EpochProgress
 from recsys.distributed.env import DistEnv
 from recsys.schema import resolve_schema
-from recsys.train.checkpoint import (
+from recsys.train.checkpoint import Checkpointer, load_checkpoint, save_checkpoint
+from recsys.train.checkpoint_checks import check_schema
+from recsys.train.checkpoint_layout import (
     META_FILE,
-    Checkpointer,
     CheckpointError,
-    check_schema,
     find_latest,
-    load_checkpoint,
     prune_checkpoints,
     resolve_checkpoint,
-    save_checkpoint,
 )
 
 ENV = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend="gloo")

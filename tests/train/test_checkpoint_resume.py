@@ -19,7 +19,8 @@ from mlflow.tracking import MlflowClient
 from recsys.compose import load_config
 from recsys.export.scorer import Scorer
 from recsys.train import recipe
-from recsys.train.checkpoint import CheckpointError, find_latest, read_meta, save_checkpoint
+from recsys.train.checkpoint import save_checkpoint
+from recsys.train.checkpoint_layout import CheckpointError, find_latest, read_meta
 from recsys.train.recipe import TrainResult, run
 from tests.synthetic import TinyLog
 

@@ -24,14 +24,8 @@ from recsys.compose import load_config
 from recsys.data.progress import EpochProgress
 from recsys.distributed.env import DistEnv
 from recsys.schema import resolve_schema
-from recsys.train.checkpoint import (
-    FORMAT_VERSION,
-    META_FILE,
-    STATE_FILE,
-    CheckpointError,
-    load_checkpoint,
-    save_checkpoint,
-)
+from recsys.train.checkpoint import load_checkpoint, save_checkpoint
+from recsys.train.checkpoint_layout import FORMAT_VERSION, META_FILE, STATE_FILE, CheckpointError
 
 ENV = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend="gloo")
 PLAIN = (int, float, str, bool, type(None))

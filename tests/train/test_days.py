@@ -21,7 +21,7 @@ from recsys.export.quantize import load_rows
 from recsys.export.scorer import Scorer
 from recsys.model.layout import REMAP_EMPTY_SLOT, RemapKeys, WeightLayout
 from recsys.train.days import NEXT_DAY_AUC
-from recsys.train.warm_start import expire_ids
+from recsys.train.remap_state import expire_ids
 from tests.days import Days, day_rows
 
 TOL = 1e-5
