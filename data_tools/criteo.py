@@ -3,7 +3,7 @@
 The Criteo Display Advertising layout: one row per line, tab separated, no header, 40 fields:
 `label` (0/1), `I1`..`I13` (integer counts), `C1`..`C26` (categorical ids, 8 hex digits in the
 raw logs); an empty field is a missing value, and so are trailing fields a tool stripped
-(a line of fewer fields is padded, as the loader does: `recsys.data.text.PaddedLines`).
+(a line of fewer fields is padded, as the loader does: `recsys.data.text_lines.PaddedLines`).
 `convert_criteo` reads it with
 `pyarrow.csv.open_csv` block by block (gzip and other compressions are detected from the file
 extension) and writes row groups of a fixed size with `ParquetWriter`, so memory is one row
@@ -29,7 +29,8 @@ from data_tools.arrow_io import RowStream, atomic_path
 from recsys.config import ConfigError
 from recsys.data.featurize import DataError
 from recsys.data.source import resolve_files
-from recsys.data.text import CRITEO_COLUMNS, PaddedLines
+from recsys.data.text import CRITEO_COLUMNS
+from recsys.data.text_lines import PaddedLines
 
 logger = logging.getLogger(__name__)
 

@@ -10,12 +10,16 @@ Every column is read as text: ids stay ids ("021" is not 21), numbers are parsed
 `recsys.data.rowcheck`, row by row, so a bad value names its line. Empty fields are missing,
 and only they: "NA" or "null" is an id like any other, "nan" and "inf" are non-finite numbers.
 A Criteo line whose trailing empty fields were stripped (fewer than 40 fields) is padded with
-missing values and counted (`PaddedLines`; metric `data/rows_padded`); too many fields is a
-bad row. libSVM text (`recsys.data.libsvm`) is read here line by line, then decoded.
+missing values and counted (`recsys.data.text_lines.PaddedLines`; metric `data/rows_padded`);
+too many fields is a bad row. libSVM text (`recsys.data.libsvm`) is read here line by line,
+then decoded.
 
 Row ids of text rows: `unit.index * 2**40 + k` for the k-th row parsed in the unit. They are
 unique and deterministic (the same files give the same ids on any number of ranks or workers)
 and sort in file order; they are not line numbers (blank and malformed lines take none).
+
+Byte-level line handling (line starts, byte-range views, Criteo padding) lives in
+`recsys.data.text_lines`; this module knows the formats, their columns and the work units.
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Iterator
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
@@ -31,11 +34,19 @@ import pyarrow.fs as pafs
 from recsys.config import ConfigError, DataFormat
 from recsys.data.rowcheck import BadRowLog
 from recsys.data.source import SourceFormat, UnitError, WorkUnit
+from recsys.data.text_lines import (
+    ByteRange,
+    PaddedLines,
+    count_line_breaks,
+    last_line_start,
+    line_start,
+    read_line,
+    skip_line,
+)
 
 ROW_ID_STRIDE = 1 << 40
 CRITEO_COLUMNS = ("label", *(f"I{i}" for i in range(1, 14)), *(f"C{i}" for i in range(1, 27)))
 _COMPRESSED = (".gz", ".bz2", ".zst", ".lz4", ".br")
-_CHUNK = 1 << 16
 
 
 def is_compressed(path: str) -> bool:
@@ -94,7 +105,7 @@ def file_columns(fs: pafs.FileSystem, path: str, fmt: SourceFormat) -> tuple[str
 def _header_line(fs: pafs.FileSystem, path: str) -> bytes:
     compression = "detect" if path.endswith(_COMPRESSED) else None
     with fs.open_input_stream(path, compression=compression) as f:
-        return _read_line(f)
+        return read_line(f)
 
 
 def _header_names(line: bytes, fmt: SourceFormat) -> tuple[str, ...]:
@@ -203,24 +214,24 @@ class TextUnitReader:
             )
         return _header_names(line, self.fmt), len(line)
 
-    def _open(self, header_bytes: int, bad: BadRowLog) -> _ByteRange:
+    def _open(self, header_bytes: int, bad: BadRowLog) -> ByteRange:
         if self.compressed:
             stream = self._raw_stream()
             if header_bytes:
-                _skip_line(stream)
+                skip_line(stream)
             self.data_start, self.data_end = header_bytes, -1
-            return _ByteRange(stream, None)
+            return ByteRange(stream, None)
         f = self.fs.open_input_file(self.unit.path)
         size = f.size()
-        start = max(_line_start(f, self.unit.start), header_bytes)
-        end = max(_line_start(f, self.unit.end) if self.unit.end < size else size, start)
+        start = max(line_start(f, self.unit.start), header_bytes)
+        end = max(line_start(f, self.unit.end) if self.unit.end < size else size, start)
         if end == size and size:
-            tail = _last_line_start(f, size)
+            tail = last_line_start(f, size)
             if tail is not None and tail >= start:
                 self._tail, end = tail, tail  # a cut last line: reported, not parsed
         self.data_start, self.data_end = start, end
         f.seek(start)
-        return _ByteRange(f, end - start)
+        return ByteRange(f, end - start)
 
     def _raw_stream(self):
         compression = "detect" if self.compressed else None
@@ -282,147 +293,4 @@ class TextUnitReader:
         if self.compressed:
             return 1 if end else 0
         with self.fs.open_input_file(self.unit.path) as f:
-            count, pos = 0, 0
-            while pos < end:
-                chunk = f.read(min(_CHUNK * 16, end - pos))
-                count, pos = count + chunk.count(b"\n"), pos + len(chunk)
-        return count
-
-
-class PaddedLines(io.RawIOBase):
-    """A text stream whose lines with too few fields get their missing trailing ones.
-
-    Tools that write Criteo-layout logs sometimes strip a line's trailing empty fields (a row
-    whose last ids are missing ends early). Such a line only lacks missing values: this pads it
-    with empty fields (missing) up to `fields`, so the CSV parser reads it as a whole row, and
-    counts it (`padded`). Lines with too many fields are left alone: those stay bad rows. Works
-    on whole lines of `block` bytes at a time, counting fields with numpy (no quoting: the
-    Criteo layout has none); blank lines stay blank.
-    """
-
-    def __init__(self, raw, sep: bytes, fields: int, block: int = 1 << 22):
-        super().__init__()
-        self.raw, self.sep, self.fields, self.block = raw, sep[0], fields, block
-        self.padded = 0
-        self.example: str | None = None
-        self._out = bytearray()
-        self._carry = b""
-        self._eof = False
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, n: int = -1) -> bytes:
-        while (n is None or n < 0 or len(self._out) < n) and not self._eof:
-            chunk = self.raw.read(self.block)
-            if not chunk:
-                self._eof, data, self._carry = True, self._carry, b""
-            else:
-                data = self._carry + chunk
-                cut = data.rfind(b"\n") + 1
-                data, self._carry = data[:cut], data[cut:]
-            if data:
-                self._out += self._pad(data)
-        n = len(self._out) if n is None or n < 0 else min(n, len(self._out))
-        out = bytes(self._out[:n])
-        del self._out[:n]
-        return out
-
-    def _pad(self, data: bytes) -> bytes:
-        """Whole lines (the last one may lack its line break only at the end of the stream)."""
-        arr = np.frombuffer(data, np.uint8)
-        ends = np.flatnonzero(arr == 10)
-        if not len(ends) or ends[-1] != len(arr) - 1:
-            ends = np.append(ends, len(arr))  # a last line without line break
-        starts = np.concatenate([[0], ends[:-1] + 1])
-        cr = (ends > starts) & (arr[np.maximum(ends - 1, 0)] == 13)
-        body_ends = ends - cr  # before "\r\n"
-        # Separators per line: those before its end, less those before the previous end.
-        before_end = np.searchsorted(np.flatnonzero(arr == self.sep), ends)
-        found = np.diff(before_end, prepend=0)
-        missing = np.where(body_ends > starts, self.fields - 1 - found, 0)
-        short = missing > 0
-        if not short.any():
-            return data
-        self.padded += int(short.sum())
-        if self.example is None:
-            first = int(np.flatnonzero(short)[0])
-            self.example = data[starts[first] : body_ends[first]][:120].decode("utf-8", "replace")
-        at = np.repeat(body_ends[short], missing[short])
-        return np.insert(arr, at, self.sep).tobytes()
-
-    def describe(self) -> str:
-        return (
-            f"{self.padded} line(s) with fewer than {self.fields} fields (e.g. "
-            f"{self.example!r}) read with their missing trailing fields as missing values"
-        )
-
-
-class _ByteRange(io.RawIOBase):
-    """A file-like view of `length` bytes of a stream (all of it when length is None)."""
-
-    def __init__(self, f, length: int | None):
-        super().__init__()
-        self.f, self.left = f, length
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, n: int = -1) -> bytes:
-        if self.left is not None:
-            n = self.left if n < 0 else min(n, self.left)
-        data = self.f.read(n) if n is None or n >= 0 else self.f.read()
-        if self.left is not None:
-            self.left -= len(data)
-        return data
-
-    def close(self) -> None:
-        self.f.close()
-        super().close()
-
-
-def _line_start(f, pos: int) -> int:
-    """The first line start at or after `pos`."""
-    if pos <= 0:
-        return 0
-    f.seek(pos - 1)
-    offset = pos - 1
-    while chunk := f.read(_CHUNK):
-        i = chunk.find(b"\n")
-        if i >= 0:
-            return offset + i + 1
-        offset += len(chunk)
-    return offset
-
-
-def _last_line_start(f, size: int) -> int | None:
-    """Where the last line starts when it has no closing line break, else None."""
-    f.seek(size - 1)
-    if f.read(1) == b"\n":
-        return None
-    end = size
-    while end > 0:
-        start = max(0, end - _CHUNK)
-        f.seek(start)
-        i = f.read(end - start).rfind(b"\n")
-        if i >= 0:
-            return start + i + 1
-        end = start
-    return 0
-
-
-def _read_line(f) -> bytes:
-    """The first line of a stream, line break included (bounded reads, not the whole file)."""
-    line = b""
-    while chunk := f.read(4096):
-        i = chunk.find(b"\n")
-        if i >= 0:
-            return line + chunk[: i + 1]
-        line += chunk
-    return line
-
-
-def _skip_line(f) -> None:
-    """Consume one line of a stream that cannot seek back (byte by byte: a header is short)."""
-    while (byte := f.read(1)) and byte != b"\n":
-        pass
+            return count_line_breaks(f, end)

@@ -15,7 +15,7 @@ from recsys.data.featurize import DataError
 from recsys.data.loader import LoaderOptions, StreamingDataset
 from recsys.data.progress import EpochProgress
 from recsys.data.source import SourceFormat
-from recsys.data.text import PaddedLines
+from recsys.data.text_lines import PaddedLines
 from recsys.schema import resolve_schema
 
 
