@@ -2,8 +2,8 @@
 
     setup      process group, seeds, data streams, the sharded model and its optimizers,
                resume or warm start, the tracker, the checkpointer
-    train      epochs of steps; between steps: validation, checkpoints, early stopping that
-               ends with the best validated model (recsys.train.best)
+    train      epochs of steps; between steps: validation and early stopping that ends with
+               the best validated model (recsys.train.monitor, recsys.train.best), checkpoints
     evaluate   the final evaluation on data.eval_path, and the predictions file (every rank
                writes its rows' part; rank 0 merges them)
     export     the serving export (every rank takes part; rank 0 writes)
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
@@ -28,7 +27,7 @@ from types import TracebackType
 from recsys.config import TrainConfig
 from recsys.data.progress import EpochProgress
 from recsys.data.source import SourceFormat
-from recsys.distributed.env import DistEnv, init_distributed, shutdown_distributed
+from recsys.distributed.env import init_distributed, shutdown_distributed
 from recsys.distributed.gather import broadcast_object, export_group, local_shards
 from recsys.export.measure import export_metrics
 from recsys.export.writer import exported_tables, write_export
@@ -40,9 +39,10 @@ from recsys.train.checkpoint import Checkpointer, ResumePoint, load_checkpoint, 
 from recsys.train.checkpoint_layout import resolve_checkpoint
 from recsys.train.evaluator import Evaluation, evaluate
 from recsys.train.loop import Epoch, TrainJob, TrainState
+from recsys.train.monitor import ValidationHook, ValidationMonitor, best_model
 from recsys.train.optim import LRScheduler, estimated_total_steps
 from recsys.train.plots import collision_stats, run_figures
-from recsys.train.record import provenance, record_start
+from recsys.train.record import RunMetrics, provenance, record_start
 from recsys.train.remap_state import load_expiry
 from recsys.train.result import TrainResult
 from recsys.train.seeding import configure_determinism, seed_everything
@@ -50,10 +50,6 @@ from recsys.train.validate import validate
 from recsys.train.warm_start import WarmStartReport, warm_start
 
 log = logging.getLogger(__name__)
-
-#: Called after each validation with its metrics (`valid/auc`, ...); a returned reason stops
-#: training there, as early stopping does (make tune's pruning: recsys.train.tuning).
-ValidationHook = Callable[[dict[str, float], DistEnv], str | None]
 
 
 def run(cfg: TrainConfig, on_validation: ValidationHook | None = None) -> TrainResult:
@@ -83,15 +79,11 @@ class TrainRecipe:
         self.cfg, self.schema = cfg, schema
         self.on_validation = on_validation
         self.state = TrainState()
-        self.history: list[dict[str, float]] = []
-        self.metrics: dict[str, float] = {}  # the last evaluation's, by prefix
-        self.stop_reason: str | None = None
         self.export_dir: Path | None = None
         self.predictions_path: Path | None = None
         self.tracker: Tracker = NullTracker("not opened yet")
         self._resources = ExitStack()  # what finish() stops, last started first
         self._resume: ResumePoint | None = None
-        self._last_validation: tuple[int, Evaluation] | None = None
         self.best: BestModel | None = None  # early stopping that keeps the best model
         self._final: Evaluation | None = None  # the final evaluation, for the plots
         self._tables: dict | None = None  # the exported weights, for the plots
@@ -133,8 +125,12 @@ class TrainRecipe:
                          parent_run_id=cfg.tracking.parent_run_id)
         )  # fmt: skip
         self._start_tracking(warm)
+        self.run_metrics = RunMetrics(self.tracker, self.state)
         self.saver = self._checkpointer()
-        self.best = self._best_model()
+        self.best = best_model(
+            trainer, self.data, self.output_dir, self._save_checkpoint, env, self._resume
+        )
+        self.monitor = self._monitor()
 
     def _restore(self) -> WarmStartReport | None:
         """Resume (`trainer.resume`: weights, optimizer state, step, data position) or warm
@@ -184,113 +180,56 @@ class TrainRecipe:
             config=self.cfg, env=self.env, extra=extra, **where,
         )  # fmt: skip
 
-    def _best_model(self) -> BestModel | None:
-        """Early stopping that keeps the best model; a resumed run goes on as its checkpoint."""
-        stopping = self.cfg.trainer.early_stopping
-        if not stopping.enabled:
-            return None
-        if self.data.valid is self.data.eval and self.env.is_main:
-            log.warning(
-                "trainer.early_stopping watches data.eval_path: eval metrics are no longer "
-                "unseen. Set data.valid_path, or data.holdout.fraction > 0, to stop on validation."
-            )
-        best = BestModel(stopping, self.cfg.trainer.checkpoint, self.output_dir,
-                         self._save_checkpoint, self.env)  # fmt: skip
-        if (point := self._resume) is not None:
-            best.load_state_dict(point.extra.get("early_stopping"), point.path, point.step)
-        return best
+    def _monitor(self) -> ValidationMonitor:
+        """Validation between steps, judged by early stopping and the validation hook."""
+        return ValidationMonitor(
+            model=self.job.model, data=self.data, schema=self.schema, env=self.env,
+            every_n_steps=self.cfg.trainer.eval_every_n_steps, best=self.best,
+            hook=self.on_validation, run_metrics=self.run_metrics,
+            predictions=self._predictions_file(),
+        )  # fmt: skip
 
     # ------------------------------------------------------------------------------- train
 
     def train(self) -> None:
         """Epoch by epoch until `trainer.epochs`, `trainer.max_steps` or early stopping."""
-        state, trainer = self.state, self.cfg.trainer
+        state, trainer, monitor = self.state, self.cfg.trainer, self.monitor
         resume = _resume_progress(self._resume)  # the loader position inside the first epoch
         for epoch in range(state.epoch, trainer.epochs):
             state.epoch = epoch
             with Epoch(self.job, self.data.train, state, resume) as steps:
                 for report in steps:
                     if report.metrics:
-                        self._log(report.metrics)
-                    if self._validation_due():
+                        self.run_metrics.log(report.metrics)
+                    if monitor.due(state.step):
                         with steps.paused():  # a train pipeline hands the model back
-                            self._validate()
+                            monitor.validate(state)
                     self.saver.after_step(state.step, epoch, state.progress)
-                    if self.stop_reason is not None:
+                    if monitor.stop_reason is not None:
                         break
             resume = None
-            self._log(steps.end())
-            self._log_epoch(self._validation_at_this_step())
-            if self.stop_reason is not None or self.job.reached_max_steps(state):
+            self.run_metrics.log(steps.end())
+            monitor.at_epoch_end(state)
+            if monitor.stop_reason is not None or self.job.reached_max_steps(state):
                 self.saver.at_stop(state.step, epoch, state.progress)
                 break
             self.saver.after_epoch(state.step, epoch + 1)
-        self._end_training()
-
-    def _validation_due(self) -> bool:
-        every = self.cfg.trainer.eval_every_n_steps
-        return every is not None and self.state.step % every == 0
-
-    def _validate(self) -> Evaluation:
-        """Evaluate the validation rows, record them, and let early stopping judge."""
-        # On the eval rows, the predictions file is written too: the final evaluation may be
-        # this one (reused when it ran at the last step).
-        predictions = self._predictions_file() if self.data.valid is self.data.eval else None
-        evaluation = evaluate(self.job.model, self.data.valid, self.schema, self.env, predictions)
-        self._last_validation = (self.state.step, evaluation)
-        self._record(evaluation, self.data.valid_prefix)
-        if self.best is not None and self.stop_reason is None:
-            self.stop_reason = self.best.judge(evaluation.metrics, self.state)
-        if self.on_validation is not None:
-            metrics = evaluation.metrics.as_dict(prefix=f"{self.data.valid_prefix}/")
-            reason = self.on_validation(metrics, self.env)
-            self.stop_reason = self.stop_reason or reason
-        return evaluation
-
-    def _validation_at_this_step(self) -> Evaluation:
-        """The validation at the current step (run now unless one just ran)."""
-        return self._validated_at_this_step() or self._validate()
-
-    def _validated_at_this_step(self) -> Evaluation | None:
-        """The validation already run at the current step, if any."""
-        last = self._last_validation
-        return last[1] if last is not None and last[0] == self.state.step else None
-
-    def _log_epoch(self, evaluation: Evaluation) -> None:
-        if self.env.is_main:
-            m, state = evaluation.metrics, self.state
-            log.info(
-                "epoch %d: step %d, %s AUC %.4f, log loss %.4f, %.0f samples/s",
-                state.epoch, state.step, self.data.valid_prefix, m.auc, m.log_loss,
-                state.samples_per_second,
-            )  # fmt: skip
-
-    def _end_training(self) -> None:
-        """The best model on validation back in place of the last one (trainer.early_stopping);
-        why training stopped and which step was best, to the tracker."""
-        best, step, data = self.best, self.state.step, self.data
-        if best is not None:
-            if best.restore(self.job.model, self.schema, step):
-                self._last_validation = None  # it described the last model, not this one
-                if data.valid is not data.eval:  # the final model's validation metrics
-                    self._log(best.metrics.as_dict(prefix=f"{data.valid_prefix}/"))
-            self.stop_reason = best.record(self.tracker, step, self.stop_reason, data.valid_prefix)
-        if self.stop_reason is not None:
-            log.info("%s", self.stop_reason)
+        monitor.end_training(state.step)
 
     # ---------------------------------------------------------------------------- evaluate
 
     def evaluate(self) -> Evaluation:
         """The final evaluation on data.eval_path (the last validation, when that read the
         eval rows at this step already), and the predictions file."""
-        reused = self._validated_at_this_step() if self.data.valid is self.data.eval else None
+        data = self.data
+        reused = self.monitor.validated_at(self.state.step) if data.valid is data.eval else None
         if reused is not None:
             evaluation = reused
         else:
             evaluation = evaluate(
-                self.job.model, self.data.eval, self.schema, self.env, self._predictions_file()
+                self.job.model, data.eval, self.schema, self.env, self._predictions_file()
             )
-            self._record(evaluation, "eval")
+            self.run_metrics.record(evaluation, "eval")
         if self.env.is_main:  # every rank wrote its part; rank 0 merged them
             self.predictions_path = evaluation.predictions
             self.tracker.log_artifact(evaluation.predictions)
@@ -325,7 +264,7 @@ class TrainRecipe:
         provenance = {
             "mlflow_run_id": self.tracker.run_id,
             "output_dir": str(self.output_dir),
-            "eval_metrics": self.metrics,
+            "eval_metrics": self.run_metrics.latest,
         }
         export_dir = write_export(
             self.output_dir / export.subdir,
@@ -349,7 +288,7 @@ class TrainRecipe:
             from recsys.tracking.model import log_and_register  # imports mlflow.pyfunc (~1.5 s)
 
             self.model_version = log_and_register(
-                self.tracker, self.export_dir, self.schema, self.metrics,
+                self.tracker, self.export_dir, self.schema, self.run_metrics.latest,
                 self.cfg.tracking.register_as,
             )  # fmt: skip
 
@@ -363,7 +302,7 @@ class TrainRecipe:
             return
         final = self._final
         stats = collision_stats(self.cfg.data, self.schema)
-        figures = run_figures(self.history, final.labels, final.probs, tables, stats)
+        figures = run_figures(self.run_metrics.history, final.labels, final.probs, tables, stats)
         for name, fig in figures.items():
             self.tracker.log_figure(fig, name)
 
@@ -389,7 +328,7 @@ class TrainRecipe:
         """Drop what holds the process group (the sharded model, its optimizer, the
         checkpointer), then destroy it: gloo's threads stop only with the group's last
         reference, and one still running at interpreter exit aborts the process."""
-        for name in ("job", "training", "saver", "best"):
+        for name in ("job", "training", "saver", "best", "monitor"):
             self.__dict__.pop(name, None)
         self._final = self._tables = None
         if not shutdown_distributed():
@@ -401,7 +340,7 @@ class TrainRecipe:
     def result(self) -> TrainResult:
         state = self.state
         return TrainResult(
-            metrics=self.metrics,
+            metrics=self.run_metrics.latest,
             output_dir=self.output_dir,
             run_id=self.tracker.run_id,
             export_dir=self.export_dir,
@@ -409,24 +348,10 @@ class TrainRecipe:
             steps=state.step,
             samples=state.samples,
             samples_per_second=state.samples_per_second,
-            history=self.history,
+            history=self.run_metrics.history,
             tracking=self.tracker.describe(),
-            stop_reason=self.stop_reason,
+            stop_reason=self.monitor.stop_reason,
         )
-
-    # --------------------------------------------------------------------------- recording
-
-    def _log(self, metrics: dict[str, float]) -> None:
-        """Metrics at the current step: to the tracker and the run's history."""
-        self.tracker.log_metrics(metrics, self.state.step)
-        self.history.append({"step": float(self.state.step), **metrics})
-
-    def _record(self, evaluation: Evaluation, prefix: str) -> None:
-        metrics = evaluation.metrics.as_dict(prefix=f"{prefix}/")
-        if self.state.train_seconds:  # counted at step ends
-            metrics["train/samples_per_s_epoch_avg"] = self.state.samples_per_second
-        self.metrics = metrics
-        self._log({**metrics, "epoch": float(self.state.epoch)})
 
 
 def _resume_progress(point: ResumePoint | None) -> EpochProgress | None:

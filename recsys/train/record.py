@@ -1,6 +1,6 @@
-"""What a run writes about itself beside its metrics: the config, schema and sharding plan,
-where its starting weights came from, the data it read (MLflow dataset inputs with
-fingerprints), and the eval predictions file."""
+"""What a run writes about itself: its metrics step by step (`RunMetrics`), and beside them the
+config, schema and sharding plan, where its starting weights came from, the data it read
+(MLflow dataset inputs with fingerprints), and the eval predictions file."""
 
 from __future__ import annotations
 
@@ -17,7 +17,33 @@ from recsys.distributed.env import DistEnv
 from recsys.schema import Schema
 from recsys.tracking import Tracker, log_data_fingerprint, run_tags
 from recsys.train.checkpoint import ResumePoint
+from recsys.train.evaluator import Evaluation
+from recsys.train.loop import TrainState
 from recsys.train.warm_start import WarmStartReport
+
+
+class RunMetrics:
+    """The run's metrics as it goes, each logged at the current step to the tracker and to the
+    run's history; `latest` holds the last evaluation's, by prefix (what the run returns)."""
+
+    def __init__(self, tracker: Tracker, state: TrainState):
+        self.tracker, self.state = tracker, state
+        self.history: list[dict[str, float]] = []
+        self.latest: dict[str, float] = {}
+
+    def log(self, metrics: dict[str, float]) -> None:
+        """Metrics at the current step: to the tracker and the run's history."""
+        self.tracker.log_metrics(metrics, self.state.step)
+        self.history.append({"step": float(self.state.step), **metrics})
+
+    def record(self, evaluation: Evaluation, prefix: str) -> None:
+        """An evaluation's metrics under `prefix/`, with the training speed so far: logged, and
+        the run's latest."""
+        metrics = evaluation.metrics.as_dict(prefix=f"{prefix}/")
+        if self.state.train_seconds:  # counted at step ends
+            metrics["train/samples_per_s_epoch_avg"] = self.state.samples_per_second
+        self.latest = metrics
+        self.log({**metrics, "epoch": float(self.state.epoch)})
 
 
 def record_start(
