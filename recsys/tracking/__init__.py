@@ -1,10 +1,10 @@
-"""Experiment tracking (MLflow). `open_tracker` gives a `Tracker`; see `mlflow_tracker`.
+"""Experiment tracking (MLflow). `open_tracker` gives a `Tracker`; see `tracker`.
 
 Importing this package is cheap: `mlflow` itself is imported only when a run is opened.
 """
 
 from recsys.tracking.datasets import dataset_input
-from recsys.tracking.mlflow_tracker import MlflowTracker, NullTracker, Tracker, TrackingError
+from recsys.tracking.mlflow_tracker import MlflowTracker
 from recsys.tracking.params import flatten_params
 from recsys.tracking.runs import (
     default_artifact_root,
@@ -14,6 +14,7 @@ from recsys.tracking.runs import (
     run_name,
 )
 from recsys.tracking.tags import fingerprint_tags, log_data_fingerprint, run_tags
+from recsys.tracking.tracker import NullTracker, Tracker, TrackingError
 from recsys.tracking.urls import experiment_url, run_url, ui_command
 
 __all__ = [

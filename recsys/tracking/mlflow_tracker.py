@@ -1,12 +1,10 @@
-"""Experiment tracking: the only module in the code base that talks to MLflow.
+"""`MlflowTracker`: the `Tracker` that logs into one MLflow run.
 
-Training code logs through a `Tracker`. `open_tracker` returns an `MlflowTracker` (one MLflow
-run) when tracking is on and this is rank 0, and a `NullTracker` (does nothing) otherwise, so the
-training loop never branches on whether tracking is on.
-
-Opening a run (store, experiment, name) is in `recsys.tracking.runs`; params flattening in
-`recsys.tracking.params`; dataset inputs in `recsys.tracking.datasets`; UI links in
-`recsys.tracking.urls`.
+`open_tracker` (`recsys.tracking.runs`) returns one when tracking is on and this is rank 0, and
+a `NullTracker` otherwise; the interface both share, and `TrackingError`, are in
+`recsys.tracking.tracker`. Params flattening is in `recsys.tracking.params`; dataset inputs in
+`recsys.tracking.datasets`; UI links in `recsys.tracking.urls`; background delivery in
+`recsys.tracking.sender`.
 
 `mlflow` takes seconds to import, so it is imported lazily: `import recsys.tracking` is cheap
 and a `NullTracker` never imports it.
@@ -18,11 +16,11 @@ import json
 import logging
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from recsys.tracking.datasets import dataset_input
-from recsys.tracking.params import MAX_PARAM_VALUE_LENGTH, flatten_params, json_default
+from recsys.tracking.params import flatten_params, json_default
+from recsys.tracking.tracker import Tracker, TrackingError
 from recsys.tracking.urls import run_url, ui_base_url, ui_command
 
 if TYPE_CHECKING:
@@ -31,107 +29,17 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MAX_PARAM_VALUE_LENGTH", "MlflowTracker", "NullTracker", "Tracker", "TrackingError"]
+__all__ = ["MlflowTracker"]
 
 #: MLflow's limit on params (and tags) per `log_batch` call (MAX_PARAMS_TAGS_PER_BATCH).
 MAX_PARAMS_PER_BATCH = 100
 #: MLflow's limit on metrics per `log_batch` call (MAX_METRICS_PER_BATCH).
 MAX_METRICS_PER_BATCH = 1000
-#: Seconds the reachability check waits for a tracking server before giving up.
-REACHABILITY_TIMEOUT_S = 5
 
 #: The run tag MLflow's UI shows as the run's description.
 DESCRIPTION_TAG = "mlflow.note.content"
 
 _TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
-
-
-class TrackingError(RuntimeError):
-    """MLflow could not be reached (or refused a call) and `tracking.required=true`."""
-
-
-# ------------------------------------------------------------------------------------ trackers
-
-
-class Tracker:
-    """What training code logs through; the base class is also the no-op behaviour.
-
-    A tracker is a context manager: leaving the `with` block finishes the run, as FAILED when
-    an exception escapes it (KILLED on Ctrl-C), as FINISHED otherwise.
-    """
-
-    run_id: str | None = None
-
-    def log_params(self, params: Mapping[str, Any]) -> None:
-        """Log run parameters; nested values are flattened (see `flatten_params`)."""
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        """Log metric values, at `step` when given (MLflow then plots them by step)."""
-
-    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        """Upload one local file, into the run's `artifact_path` folder when given."""
-
-    def log_artifacts(self, dir: Path, artifact_path: str | None = None) -> None:
-        """Upload a local folder's contents, into the run's `artifact_path` folder when given."""
-
-    def log_text(self, text: str, artifact_file: str) -> None:
-        """Store `text` as the artifact file `artifact_file` (e.g. "notes/summary.txt")."""
-
-    def log_dict(self, d: dict[str, Any], artifact_file: str) -> None:
-        """Store `d` as JSON or YAML, chosen by the extension of `artifact_file`."""
-
-    def set_tags(self, tags: Mapping[str, str]) -> None:
-        """Set run tags (searchable key/value strings)."""
-
-    def log_figure(self, fig: Figure, artifact_file: str) -> None:
-        """Store a matplotlib figure as an image artifact (e.g. "plots/loss.png")."""
-
-    def set_description(self, text: str) -> None:
-        """Set the run's description (markdown; shown on the run page), e.g. its summary."""
-
-    def log_dataset(
-        self,
-        context: str,
-        name: str,
-        source: str,
-        digest: str,
-        schema: Mapping[str, str],
-        rows: int | None,
-    ) -> None:
-        """Record a dataset input (see `recsys.tracking.datasets.dataset_input` for the args)."""
-
-    def finish(self, status: str = "FINISHED") -> None:
-        """End the run with `status` (FINISHED, FAILED or KILLED); later calls do nothing."""
-
-    def describe(self) -> str:
-        """A one-line hint for people: where the run is and how to look at it."""
-        return "MLflow tracking is off."
-
-    def __enter__(self) -> Tracker:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.finish(_status_for(exc_type))
-
-
-class NullTracker(Tracker):
-    """Logs nothing: tracking is disabled, unreachable, or this is not rank 0."""
-
-    def __init__(self, reason: str = "tracking.enabled=false") -> None:
-        """Args:
-        reason: why tracking is off, repeated by `describe()`.
-        """
-        self.run_id = None
-        self.reason = reason
-
-    def describe(self) -> str:
-        """Say that tracking is off and why."""
-        return f"MLflow tracking is off ({self.reason}); this run is not recorded."
 
 
 class MlflowTracker(Tracker):
@@ -394,12 +302,3 @@ def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
     """Consecutive slices of `items` of at most `size` elements."""
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-def _status_for(exc_type: type[BaseException] | None) -> str:
-    """Run status for leaving a `with tracker:` block with `exc_type` (None: no exception)."""
-    if exc_type is None:
-        return "FINISHED"
-    if issubclass(exc_type, KeyboardInterrupt):
-        return "KILLED"
-    return "FAILED"

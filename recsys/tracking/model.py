@@ -36,7 +36,8 @@ import pyarrow as pa
 
 from recsys.config import DenseTransform, FeatureKind
 from recsys.schema import Schema
-from recsys.tracking.mlflow_tracker import MlflowTracker, Tracker, TrackingError
+from recsys.tracking.mlflow_tracker import MlflowTracker
+from recsys.tracking.tracker import Tracker, TrackingError
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

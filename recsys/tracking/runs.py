@@ -30,13 +30,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from recsys.tracking.mlflow_tracker import (
-    REACHABILITY_TIMEOUT_S,
-    MlflowTracker,
-    NullTracker,
-    Tracker,
-    TrackingError,
-)
+from recsys.tracking.mlflow_tracker import MlflowTracker
+from recsys.tracking.tracker import NullTracker, Tracker, TrackingError
 from recsys.tracking.urls import RUNS_VIEW_STATE, RUNS_VIEW_TAG
 
 if TYPE_CHECKING:
@@ -54,6 +49,8 @@ EXPERIMENT_KIND = "custom_model_development"
 
 #: Run tag with a sweep child's trial number (Hydra's job number).
 TRIAL_TAG = "sweep.trial"
+#: Seconds the reachability check waits for a tracking server before giving up.
+REACHABILITY_TIMEOUT_S = 5
 
 _PARENT_RUN_TAG = "mlflow.parentRunId"
 _NOT_IN_NAME = re.compile(r"[^\w.]+")

@@ -18,8 +18,9 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from recsys.tracking.mlflow_tracker import MlflowTracker, Tracker
+from recsys.tracking.mlflow_tracker import MlflowTracker
 from recsys.tracking.runs import TRIAL_TAG
+from recsys.tracking.tracker import Tracker
 from recsys.tracking.urls import run_url, ui_base_url
 
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from recsys.tracking.mlflow_tracker import Tracker
+    from recsys.tracking.tracker import Tracker
 
 logger = logging.getLogger(__name__)
 

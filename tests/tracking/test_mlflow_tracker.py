@@ -23,7 +23,8 @@ from recsys.tracking import (
     open_tracker,
     resolve_tracking_uri,
 )
-from recsys.tracking.mlflow_tracker import MAX_PARAM_VALUE_LENGTH, MAX_PARAMS_PER_BATCH
+from recsys.tracking.mlflow_tracker import MAX_PARAMS_PER_BATCH
+from recsys.tracking.params import MAX_PARAM_VALUE_LENGTH
 
 UNREACHABLE_URI = "http://127.0.0.1:9"  # the discard port: nothing listens there
 LOGGER = "recsys.tracking"  # parent of every tracking module's logger
