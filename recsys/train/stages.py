@@ -1,0 +1,78 @@
+"""The first-order stage (`trainer.first_order_stage`): the wide part first, then the whole.
+
+Trained jointly, a deep model's embeddings can overfit within two epochs while its per-id
+biases would still gain for several more: early stopping then keeps an epoch where the biases
+are half-trained, and a hashed logistic regression on the same tables beats the deep model.
+So the stage trains the first-order terms alone first (`model=lr` on the very same tables and
+trainer settings, to its best validated step), and the whole model then starts from those
+biases, which move on at `first_order_lr` (null: sparse_lr / 10) while the rest learns what
+they left. Validation AUC, seed 0, defaults -> with the stage: a planted Avazu-layout log
+0.8703 -> 0.8780 (its LR 0.8724), MovieLens 0.7487 -> 0.7554, adult 0.8990 -> 0.9009, the
+pairwise world 0.7308 -> 0.7429, the first-order world 0.7920 -> 0.7907.
+
+The stage is a run of its own under `<output_dir>/first_order_stage/` (no tracking, no
+export), and the whole model warm-starts from its final, best, checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from recsys.config import ModelName, TrainConfig
+
+log = logging.getLogger(__name__)
+
+STAGE_DIR = "first_order_stage"
+FIRST_ORDER_LR_AFTER_STAGE = 0.1  # x sparse_lr, when trainer.first_order_lr is null
+
+
+def wants_first_order_stage(cfg: TrainConfig) -> bool:
+    """The stage runs before a fresh run of a model with more than first-order terms: a
+    resumed or warm-started run already has its biases."""
+    trainer = cfg.trainer
+    fresh = trainer.resume is None and trainer.warm_start is None
+    return trainer.first_order_stage and fresh and cfg.model.name is not ModelName.lr
+
+
+def stage_config(cfg: TrainConfig) -> TrainConfig:
+    """The stage's run: `model=lr` on the same tables (same dim, so the tables carry over),
+    the same data and trainer, untracked and not exported, in its own folder."""
+    stage = copy.deepcopy(cfg)
+    stage.model.name = ModelName.lr
+    stage.model.dropout = 0.0
+    stage.trainer.first_order_stage = False
+    stage.tracking.enabled = False
+    stage.export.enabled = False
+    stage.output_dir = str(Path(cfg.output_dir) / STAGE_DIR)
+    return stage
+
+
+def after_stage(cfg: TrainConfig, stage_dir: Path) -> TrainConfig:
+    """The whole model's run, warm-started from the stage's final checkpoint."""
+    whole = copy.deepcopy(cfg)
+    whole.trainer.warm_start = str(stage_dir)
+    if whole.trainer.first_order_lr is None:
+        whole.trainer.first_order_lr = FIRST_ORDER_LR_AFTER_STAGE * cfg.trainer.sparse_lr
+    return whole
+
+
+def run_first_order_stage(cfg: TrainConfig, train: Callable[[TrainConfig], Any]) -> TrainConfig:
+    """Train the stage with `train` (recsys.train.recipe.run) and return the config of the
+    whole model's run that follows it."""
+    stage = stage_config(cfg)
+    on_main = os.environ.get("RANK", "0") == "0"  # torchrun: every rank trains the stage
+    if on_main:
+        log.info("first-order stage: the per-id biases alone, under %s", stage.output_dir)
+    result = train(stage)
+    if on_main:
+        log.info(
+            "first-order stage done after %d steps (%s); the whole model starts from its tables "
+            "(its dense part, another head than the stage's, starts fresh)",
+            result.steps, result.stop_reason or "ran to trainer.epochs",
+        )  # fmt: skip
+    return after_stage(cfg, Path(stage.output_dir))

@@ -1,0 +1,71 @@
+"""The first-order stage (trainer.first_order_stage): the biases alone first, then the whole
+model from them."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from recsys.compose import load_config
+from recsys.config import ConfigError, ModelName
+from recsys.train.recipe import run
+from recsys.train.stages import (
+    FIRST_ORDER_LR_AFTER_STAGE,
+    STAGE_DIR,
+    after_stage,
+    stage_config,
+    wants_first_order_stage,
+)
+from recsys.train.validate import validate
+from tests.synthetic import TinyLog
+
+
+def _cfg(tmp_path: Path, *overrides: str):
+    return load_config(["trainer.first_order_stage=true", *overrides], output_dir=str(tmp_path))
+
+
+def test_the_stage_is_an_untracked_lr_run_on_the_same_tables(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, "model.embedding_dim=8")
+    stage = stage_config(cfg)
+    assert stage.model.name is ModelName.lr and stage.model.embedding_dim == 8  # tables carry over
+    assert not stage.tracking.enabled and not stage.export.enabled
+    assert not stage.trainer.first_order_stage and stage.output_dir == str(tmp_path / STAGE_DIR)
+    assert cfg.model.name is ModelName.dlrm and cfg.tracking.enabled  # the caller's untouched
+    whole = after_stage(cfg, tmp_path / STAGE_DIR)
+    assert whole.trainer.warm_start == str(tmp_path / STAGE_DIR)
+    assert whole.trainer.first_order_lr == pytest.approx(
+        FIRST_ORDER_LR_AFTER_STAGE * cfg.trainer.sparse_lr
+    )
+    assert (
+        after_stage(_cfg(tmp_path, "trainer.first_order_lr=0.05"), tmp_path).trainer.first_order_lr
+        == 0.05
+    )
+
+
+def test_only_a_fresh_run_of_a_model_beyond_lr_has_a_stage(tmp_path: Path) -> None:
+    assert wants_first_order_stage(_cfg(tmp_path))
+    assert not wants_first_order_stage(_cfg(tmp_path, "model=lr"))
+    assert not wants_first_order_stage(_cfg(tmp_path, "trainer.warm_start=somewhere"))
+    assert not wants_first_order_stage(_cfg(tmp_path, "trainer.resume=latest"))
+    assert not wants_first_order_stage(load_config([], output_dir=str(tmp_path)))
+    with pytest.raises(ConfigError, match="first_order_stage.*bias_in_rows=True"):
+        validate(_cfg(tmp_path, "model.bias_in_rows=true"))
+
+
+def test_the_whole_model_starts_from_the_stages_best_biases(
+    tiny_log: TinyLog, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    overrides = tiny_log.overrides + ["tracking=none", "export.enabled=false", "trainer.epochs=2"]
+    with caplog.at_level(logging.INFO, logger="recsys"):
+        result = run(_cfg(tmp_path / "run", *overrides))
+    stage = tmp_path / "run" / STAGE_DIR
+    assert sorted(p.name for p in (stage / "checkpoints").iterdir())  # the stage's own run
+    warm = [m.getMessage() for m in caplog.records if m.name == "recsys.train.warm_start"]
+    started = [m for m in warm if m.startswith("warm start from")]
+    # every table carried over (the same dim), the dense head (DLRM's, not LR's) fresh
+    assert len(started) == 1 and str(stage) in started[0] and "dense part fresh" in started[0]
+    assert "kept fresh" not in started[0]
+    assert result.output_dir == tmp_path / "run" and 0.5 < result.metrics["eval/auc"] <= 1.0
+    assert not (tmp_path / "run" / STAGE_DIR / STAGE_DIR).exists()  # one stage, not a chain
