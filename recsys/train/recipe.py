@@ -17,6 +17,7 @@ prints, tracks and writes the export and the predictions.
 
 from __future__ import annotations
 
+import functools
 import logging
 import traceback
 from contextlib import ExitStack
@@ -53,12 +54,17 @@ from recsys.train.warm_start import WarmStartReport, warm_start
 log = logging.getLogger(__name__)
 
 
-def run(cfg: TrainConfig, on_validation: ValidationHook | None = None) -> TrainResult:
-    """Train, evaluate and export as `cfg` says; joins torchrun's process group if there is one."""
+def run(
+    cfg: TrainConfig, on_validation: ValidationHook | None = None, *, last: bool = True
+) -> TrainResult:
+    """Train, evaluate and export as `cfg` says; joins torchrun's process group if there is
+    one, and leaves it at the end unless another run follows in this process (`last=False`:
+    a group torn down and set up again on torchrun's store can read the old group's
+    addresses and fail to connect)."""
     schema = validate(cfg)  # before any side effect: a bad value leaves nothing behind
     if wants_first_order_stage(cfg):
-        cfg = run_first_order_stage(cfg, run)
-    with TrainRecipe(cfg, schema, on_validation) as recipe:
+        cfg = run_first_order_stage(cfg, functools.partial(run, last=False))
+    with TrainRecipe(cfg, schema, on_validation, leave_process_group=last) as recipe:
         recipe.setup()
         recipe.train()
         recipe.evaluate()
@@ -77,10 +83,15 @@ class TrainRecipe:
     is the finish step."""
 
     def __init__(
-        self, cfg: TrainConfig, schema: Schema, on_validation: ValidationHook | None = None
+        self,
+        cfg: TrainConfig,
+        schema: Schema,
+        on_validation: ValidationHook | None = None,
+        leave_process_group: bool = True,
     ):
         self.cfg, self.schema = cfg, schema
         self.on_validation = on_validation
+        self.leave_process_group = leave_process_group
         self.state = TrainState()
         self.export_dir: Path | None = None
         self.predictions_path: Path | None = None
@@ -334,6 +345,8 @@ class TrainRecipe:
         for name in ("job", "training", "saver", "best", "monitor"):
             self.__dict__.pop(name, None)
         self._final = self._tables = None
+        if not self.leave_process_group:  # another run in this process trains in it next
+            return
         if not shutdown_distributed():
             log.warning(
                 "The process group outlived the run: something still holds the sharded model "

@@ -82,3 +82,21 @@ def test_forced_sharding_type_trains_and_exports(
     assert auc(labels, torch.tensor(predictions["prob"].to_numpy())) > 0.6
     scores = Scorer(tmp_path / "run" / "export").score(pq.read_table(tiny_log.eval))
     np.testing.assert_allclose(scores, predictions["prob"].to_numpy(), rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_processes_train_the_first_order_stage_then_the_whole_model(
+    tiny_log, tmp_path: Path
+) -> None:
+    # The stage is a run of its own: its process group ends and the whole model's starts anew.
+    overrides = tiny_log.overrides + ["tracking=none", "trainer.epochs=2"]
+    proc = make_train(2, tmp_path / "run", [*overrides, "trainer.first_order_stage=true"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    logs = proc.stdout + proc.stderr
+    assert logs.count("first-order stage done") == 1  # said by rank 0 only
+    assert f"warm start from {tmp_path / 'run' / 'first_order_stage'}" in logs
+    assert list((tmp_path / "run" / "first_order_stage" / "checkpoints").iterdir())
+    scores = Scorer(tmp_path / "run" / "export").score(pq.read_table(tiny_log.eval))
+    predictions = pq.read_table(tmp_path / "run" / "eval_predictions.parquet")
+    np.testing.assert_allclose(scores, predictions["prob"].to_numpy(), rtol=0, atol=1e-5)
