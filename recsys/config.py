@@ -350,7 +350,7 @@ class TrainerConfig:
     first_order_lr: float | None = None  # per-id bias tables; None: sparse_lr (/ 10 after a stage)
     # First the first-order terms alone (a hashed LR on the same tables) to their best validation,
     # then the whole model from those biases (recsys/train/stages.py).
-    first_order_stage: bool = False
+    first_order_stage: bool = True
     sparse_weight_decay: float = 0.0  # fused L2 in FBGEMM's GPU kernels (rowwise_adagrad only)
     # L2 on the embedding and bias rows each batch touches (their pooled vectors), added to
     # the loss: lambda * sum over features of ||pooled||^2, averaged over rows. Works on every

@@ -84,6 +84,8 @@ def write_tiny_log(tmp_path: Path) -> TinyLog:
         "trainer.shuffle_files=true",
         "data.tables.user_id.num_buckets=512",
         "data.tables.item_id.num_buckets=512",
+        # One run, not two: tests of the first-order stage (on by default) ask for it.
+        "trainer.first_order_stage=false",
     ]
     return TinyLog(train, evaluation, overrides)
 

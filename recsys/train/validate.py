@@ -210,13 +210,6 @@ def check_model(model: ModelConfig, trainer: TrainerConfig) -> None:
             "(a row has one learning rate), but model.bias_in_rows=true folds the biases into "
             "the embedding rows: set trainer.first_order_lr=null or model.bias_in_rows=false."
         )
-    if trainer.first_order_stage and (model.bias_in_rows or not model.first_order):
-        raise ConfigError(
-            "trainer.first_order_stage=true trains the first-order bias tables first, but "
-            f"model.first_order={model.first_order} / model.bias_in_rows={model.bias_in_rows} "
-            "leaves none of their own: set model.first_order=true and model.bias_in_rows=false, "
-            "or trainer.first_order_stage=false."
-        )
     for key in ("dense_arch", "over_arch"):
         sizes = list(getattr(model, key))
         if any(size < 1 for size in sizes):

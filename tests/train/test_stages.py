@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from recsys.compose import load_config
-from recsys.config import ConfigError, ModelName
+from recsys.config import ModelName
 from recsys.train.recipe import run
 from recsys.train.stages import (
     FIRST_ORDER_LR_AFTER_STAGE,
@@ -18,12 +18,11 @@ from recsys.train.stages import (
     stage_config,
     wants_first_order_stage,
 )
-from recsys.train.validate import validate
 from tests.synthetic import TinyLog
 
 
 def _cfg(tmp_path: Path, *overrides: str):
-    return load_config(["trainer.first_order_stage=true", *overrides], output_dir=str(tmp_path))
+    return load_config([*overrides, "trainer.first_order_stage=true"], output_dir=str(tmp_path))
 
 
 def test_the_stage_is_an_untracked_lr_run_on_the_same_tables(tmp_path: Path) -> None:
@@ -49,9 +48,11 @@ def test_only_a_fresh_run_of_a_model_beyond_lr_has_a_stage(tmp_path: Path) -> No
     assert not wants_first_order_stage(_cfg(tmp_path, "model=lr"))
     assert not wants_first_order_stage(_cfg(tmp_path, "trainer.warm_start=somewhere"))
     assert not wants_first_order_stage(_cfg(tmp_path, "trainer.resume=latest"))
-    assert not wants_first_order_stage(load_config([], output_dir=str(tmp_path)))
-    with pytest.raises(ConfigError, match="first_order_stage.*bias_in_rows=True"):
-        validate(_cfg(tmp_path, "model.bias_in_rows=true"))
+    assert wants_first_order_stage(load_config([], output_dir=str(tmp_path)))  # the default
+    off = load_config(["trainer.first_order_stage=false"], output_dir=str(tmp_path))
+    assert not wants_first_order_stage(off)
+    assert not wants_first_order_stage(_cfg(tmp_path, "model.bias_in_rows=true"))
+    assert not wants_first_order_stage(_cfg(tmp_path, "model.first_order=false"))
 
 
 def test_the_whole_model_starts_from_the_stages_best_biases(
