@@ -8,7 +8,6 @@ outputs/ folder, no MLflow run). In a --multirun each job's `run(cfg)` validates
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import warnings
 
@@ -59,6 +58,7 @@ def _hydra_main(cfg: DictConfig) -> float:
     config.output_dir = HydraConfig.get().runtime.output_dir
     config.tracking.parent_run_id = config.tracking.parent_run_id or parent_run_id()
     from recsys.data.featurize import DataError
+    from recsys.distributed.env import launch_rank
     from recsys.tracking import TrackingError
     from recsys.train.recipe import run  # heavy imports (torchrec) after config errors surface
     from recsys.train.tuning import validation_auc
@@ -70,7 +70,7 @@ def _hydra_main(cfg: DictConfig) -> float:
         # The user can act on these: say what is wrong without a traceback.
         log.error("%s: %s", type(e).__name__, e)
         sys.exit(2)
-    if int(os.environ.get("RANK", 0)) == 0:
+    if launch_rank() == 0:
         print(result.summary())
         if trial is not None:
             trial.finish(result.run_id)

@@ -48,9 +48,15 @@ class DistEnv:
         return self.rank == 0
 
 
+def launch_rank() -> int:
+    """This process's rank as torchrun set it (0 when not launched by torchrun), readable
+    before the process group exists or after it is gone."""
+    return int(os.environ.get("RANK", 0))
+
+
 def init_distributed(device_name: str) -> DistEnv:
     """Join (or create) the process group: gloo on CPU, NCCL on GPU."""
-    rank = int(os.environ.get("RANK", 0))
+    rank = launch_rank()
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = _device(device_name, local_rank)

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from recsys.config import ModelName, TrainConfig
+from recsys.distributed.env import launch_rank
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def run_first_order_stage(cfg: TrainConfig, train: Callable[[TrainConfig], Any])
     """Train the stage with `train` (recsys.train.recipe.run) and return the config of the
     whole model's run that follows it."""
     stage = stage_config(cfg)
-    on_main = os.environ.get("RANK", "0") == "0"  # torchrun: every rank trains the stage
+    on_main = launch_rank() == 0  # torchrun: every rank trains the stage
     if on_main:
         log.info("first-order stage: the per-id biases alone, under %s", stage.output_dir)
     result = train(stage)
