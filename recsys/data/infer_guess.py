@@ -118,8 +118,8 @@ def guess_column(
         return _unless_row_key(Guess(name, FeatureKind.id, "named like an id"), profile)
     if profile.integral and round(profile.distinct) <= FEW_DISTINCT:
         return Guess(name, FeatureKind.id, f"{_range(profile)}: few values")
-    if profile.integral and _time_code(profile.low, profile.high):
-        reason = f"{_range(profile)} read as {_time_code(profile.low, profile.high)}"
+    if profile.integral and (code := _time_code(profile.low, profile.high)):
+        reason = f"{_range(profile)} read as {code}"
         return Guess(
             name, None, f"skipped: looks like a time stamp ({reason}; --id or --dense to keep)"
         )
