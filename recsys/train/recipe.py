@@ -17,7 +17,6 @@ prints, tracks and writes the export and the predictions.
 
 from __future__ import annotations
 
-import functools
 import logging
 import traceback
 from contextlib import ExitStack
@@ -54,17 +53,12 @@ from recsys.train.warm_start import WarmStartReport, warm_start
 log = logging.getLogger(__name__)
 
 
-def run(
-    cfg: TrainConfig, on_validation: ValidationHook | None = None, *, last: bool = True
-) -> TrainResult:
-    """Train, evaluate and export as `cfg` says; joins torchrun's process group if there is
-    one, and leaves it at the end unless another run follows in this process (`last=False`:
-    a group torn down and set up again on torchrun's store can read the old group's
-    addresses and fail to connect)."""
+def run(cfg: TrainConfig, on_validation: ValidationHook | None = None) -> TrainResult:
+    """Train, evaluate and export as `cfg` says; joins torchrun's process group if there is one."""
     schema = validate(cfg)  # before any side effect: a bad value leaves nothing behind
     if wants_first_order_stage(cfg):
-        cfg = run_first_order_stage(cfg, functools.partial(run, last=False))
-    with TrainRecipe(cfg, schema, on_validation, leave_process_group=last) as recipe:
+        cfg = run_first_order_stage(cfg, _train_stage)
+    with TrainRecipe(cfg, schema, on_validation) as recipe:
         recipe.setup()
         recipe.train()
         recipe.evaluate()
@@ -73,6 +67,17 @@ def run(
         result = recipe.result()
         recipe.tracker.set_description(result.summary().strip())
         return result
+
+
+def _train_stage(cfg: TrainConfig) -> TrainResult:
+    """A stage before the run (recsys.train.stages): set up and train only, as its final
+    checkpoint is all the run reads of it. It keeps the process group for the run: a group
+    torn down and set up again on torchrun's store can read the old group's addresses and
+    fail to connect."""
+    with TrainRecipe(cfg, validate(cfg), leave_process_group=False) as recipe:
+        recipe.setup()
+        recipe.train()
+        return recipe.result()
 
 
 # ------------------------------------------------------------------------------------ recipe

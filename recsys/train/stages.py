@@ -10,8 +10,9 @@ they left. Validation AUC, mean of seeds 0-2, without -> with the stage: synthet
 0.7388 -> 0.7490, a planted Avazu-layout log 0.8703 -> 0.8784 (its LR 0.8724), MovieLens, adult
 and synthetic first_order within noise, synthetic cold start 0.6404 -> 0.6347 (README).
 
-The stage is a run of its own under `<output_dir>/first_order_stage/` (no tracking, no
-export), and the whole model warm-starts from its final, best, checkpoint.
+The stage is a run of its own under `<output_dir>/first_order_stage/`, set up and trained
+only (no tracking, final evaluation, export or plots), and the whole model warm-starts from
+its final, best, checkpoint.
 """
 
 from __future__ import annotations
@@ -65,8 +66,8 @@ def after_stage(cfg: TrainConfig, stage_dir: Path) -> TrainConfig:
 
 
 def run_first_order_stage(cfg: TrainConfig, train: Callable[[TrainConfig], Any]) -> TrainConfig:
-    """Train the stage with `train` (recsys.train.recipe.run) and return the config of the
-    whole model's run that follows it."""
+    """Train the stage with `train` (recsys.train.recipe._train_stage) and return the
+    config of the whole model's run that follows it."""
     stage = stage_config(cfg)
     on_main = launch_rank() == 0  # torchrun: every rank trains the stage
     if on_main:
