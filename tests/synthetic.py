@@ -11,6 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from data_tools.history import with_history
+
 GENRES = ["Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi", "Thriller"]
 OCCUPATIONS = ["artist", "doctor", "engineer", "student", "writer", "other"]
 
@@ -23,12 +25,19 @@ class TinyLog:
 
 
 def make_click_log(
-    num_rows: int, seed: int, num_users: int = 60, num_items: int = 80, user_offset: int = 0
+    num_rows: int,
+    seed: int,
+    num_users: int = 60,
+    num_items: int = 80,
+    user_offset: int = 0,
+    history: bool = True,
 ) -> pa.Table:
     """Rows with the columns of `recsys-data movielens`, labels from a planted logistic model.
 
     Users and items carry latent factors and biases, so a model that learns ids beats chance.
-    `user_offset` shifts user ids, to make ids that training never saw.
+    `user_offset` shifts user ids, to make ids that training never saw. `history` adds the
+    history columns (data_tools.history) from these rows alone; without, add them to the
+    whole log (all splits) as `recsys-data movielens` does.
     """
     rng = np.random.default_rng(seed)
     model = np.random.default_rng(1234)  # the planted model is the same for every split
@@ -39,7 +48,7 @@ def make_click_log(
     logit = (user_vec[users] * item_vec[items]).sum(1) * 0.7 + item_bias[items]
     labels = (rng.random(num_rows) < 1 / (1 + np.exp(-logit))).astype(np.int8)
     genre_sets = [[GENRES[(i + k) % len(GENRES)] for k in range(i % 3)] for i in range(num_items)]
-    return pa.table(
+    table = pa.table(
         {
             "label": pa.array(labels, pa.int8()),
             "user_id": pa.array(users + 1 + user_offset, pa.int64()),
@@ -57,17 +66,36 @@ def make_click_log(
             ),
         }
     )
+    return with_movielens_history(table) if history else table
 
 
-def write_tiny_log(tmp_path: Path) -> TinyLog:
-    """3000 training rows in uneven row groups; 1000 eval rows, 200 of them from unseen users."""
+def with_movielens_history(table: pa.Table) -> pa.Table:
+    return with_history(table, keys=("user_id", "item_id"), time="timestamp", label="label")
+
+
+#: The MovieLens config's history features (data_tools.history): a test that needs the ids
+#: to carry the signal turns them off, as they give away each item's planted bias.
+HISTORY_FEATURES = ("user_prior_like_rate", "item_prior_like_rate")
+
+
+def write_tiny_log(tmp_path: Path, history: bool = True) -> TinyLog:
+    """3000 training rows in uneven row groups; 1000 eval rows, 200 of them from unseen users.
+
+    `history=False` trains without the MovieLens config's history features.
+    """
     train, evaluation = tmp_path / "data" / "train.parquet", tmp_path / "data" / "eval.parquet"
     train.parent.mkdir()
-    pq.write_table(make_click_log(3000, seed=1), train, row_group_size=700)
-    unseen = make_click_log(200, seed=3, user_offset=10_000)
-    pq.write_table(
-        pa.concat_tables([make_click_log(800, seed=2), unseen]), evaluation, row_group_size=300
+    whole = with_movielens_history(
+        pa.concat_tables(
+            [
+                make_click_log(3000, seed=1, history=False),
+                make_click_log(800, seed=2, history=False),
+                make_click_log(200, seed=3, user_offset=10_000, history=False),
+            ]
+        )
     )
+    pq.write_table(whole.slice(0, 3000), train, row_group_size=700)
+    pq.write_table(whole.slice(3000), evaluation, row_group_size=300)
     overrides = [
         f"data.train_path={train}",
         f"data.eval_path={evaluation}",
@@ -87,6 +115,8 @@ def write_tiny_log(tmp_path: Path) -> TinyLog:
         # One run, not two: tests of the first-order stage (on by default) ask for it.
         "trainer.first_order_stage=false",
     ]
+    if not history:
+        overrides += [f"~data.features.{name}" for name in HISTORY_FEATURES]
     return TinyLog(train, evaluation, overrides)
 
 

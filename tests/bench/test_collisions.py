@@ -42,7 +42,7 @@ def _in_process(overrides: list[str], config_dir: str | None) -> dict[str, float
 
 def test_quick_study_trains_each_point_and_logs_one_mlflow_run(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
-    log = write_tiny_log(tmp_path)  # eval: 200 rows of new users
+    log = write_tiny_log(tmp_path, history=False)  # eval: 200 rows of new users
     spec = CollisionData(Dataset("tiny", ["data=movielens", *log.overrides]), TABLES)
     cache = RunCache(tmp_path / "cache.json", train=_in_process)
     points = study({"tiny": spec}, ["plain", "managed"], list(QUICK_RATIOS), [0], cache)

@@ -111,7 +111,7 @@ def _ages(bad: dict[int, object]) -> list:
 P, C = DataFormat.parquet, DataFormat.csv
 CASES = [
     Case("csv wrong column count", C, lambda d: _csv_lines(d, _drop_fields),
-         {"wrong_column_count": 1}, ROWS - 1, r"bad\.csv, line 6, .*has 9 columns, expected 12"),
+         {"wrong_column_count": 1}, ROWS - 1, r"bad\.csv, line 6, .*has 13 columns, expected 16"),
     Case("csv unparsable number", C, lambda d: _csv_lines(d, _set_field(8, AGE, "abc")),
          {"unparsable_number": 1}, ROWS - 1, r"bad\.csv, line 8, column 'age': value 'abc' is not a number"),
     Case("csv label outside 0/1", C, lambda d: _csv_lines(d, _set_field(4, 0, "2")),

@@ -53,6 +53,10 @@ EXPECTED_KINDS = {
     "zip_prefix": FeatureKind.id,  # "007": text, also in CSV
     "genres": FeatureKind.id_list,  # a list column, or "|"-joined text
     "release_year": FeatureKind.id,  # few values
+    "user_prior_ratings": FeatureKind.dense,  # integers, many values
+    "user_prior_like_rate": FeatureKind.dense,  # floats
+    "item_prior_ratings": FeatureKind.dense,
+    "item_prior_like_rate": FeatureKind.dense,
     "views": FeatureKind.dense,
     "price": FeatureKind.dense,
     "clicked_any": FeatureKind.id,

@@ -123,6 +123,10 @@ def test_columns_and_types(splits: dict[str, pa.Table]) -> None:
         ("zip_prefix", pa.string()),
         ("genres", pa.list_(pa.string())),
         ("release_year", pa.int64()),
+        ("user_prior_ratings", pa.int64()),
+        ("user_prior_like_rate", pa.float64()),
+        ("item_prior_ratings", pa.int64()),
+        ("item_prior_like_rate", pa.float64()),
     ]
     for table in splits.values():
         assert [(f.name, f.type) for f in table.schema] == expected
@@ -151,6 +155,23 @@ def test_item_features(splits: dict[str, pa.Table]) -> None:
         assert row["release_year"] == years[row["item_id"]]
     multi = next(r for r in rows if r["item_id"] == 10)
     assert multi["genres"] == ["Animation", "Children's", "Comedy"]
+
+
+def test_history_counts_only_strictly_earlier_ratings(splits: dict[str, pa.Table]) -> None:
+    rows = _concat(splits["train"], splits["eval"]).to_pylist()
+    for row in rows:
+        for key in ("user", "item"):
+            earlier = [
+                r
+                for r in RATINGS
+                if r[0 if key == "user" else 1] == row[f"{key}_id"] and r[3] < row["timestamp"]
+            ]
+            liked = sum(r[2] >= ml.POSITIVE_RATING for r in earlier)
+            assert row[f"{key}_prior_ratings"] == len(earlier)
+            assert row[f"{key}_prior_like_rate"] == pytest.approx((liked + 1) / (len(earlier) + 2))
+    # Item 10 at t=1000 (user 2) sees 100, 400, 900: two liked (ratings 4 and 5), one not.
+    row = next(r for r in rows if (r["user_id"], r["item_id"]) == (2, 10))
+    assert (row["item_prior_ratings"], row["item_prior_like_rate"]) == (3, 0.6)
 
 
 def test_age_buckets_boundaries() -> None:

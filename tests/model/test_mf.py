@@ -77,7 +77,11 @@ def test_config_round_trip() -> None:
 def test_movielens_schema_declares_every_tower() -> None:
     cfg = load_config(["model=mf"])
     config = head_config(resolve_schema(cfg.data, cfg.model.embedding_dim), cfg.model)
-    assert config.sparse_towers.count("item") == 3 and config.dense_towers == ("user",)
+    assert config.sparse_towers.count("item") == 3 and config.dense_towers == (
+        "user",
+        "user",
+        "item",
+    )
 
 
 def test_missing_tower_names_the_config_key() -> None:

@@ -17,8 +17,16 @@ from recsys.train.recipe import TrainResult, run
 from tests.synthetic import write_tiny_log
 
 BLOCK_TORCHREC = "import sys; sys.modules['torchrec'] = None; sys.modules['fbgemm_gpu'] = None; "
-USER_COLUMNS = ["user_id", "gender", "age_bucket", "occupation", "zip_prefix", "age"]
-ITEM_COLUMNS = ["item_id", "genres", "release_year"]
+USER_COLUMNS = [
+    "user_id",
+    "gender",
+    "age_bucket",
+    "occupation",
+    "zip_prefix",
+    "age",
+    "user_prior_like_rate",
+]
+ITEM_COLUMNS = ["item_id", "genres", "release_year", "item_prior_like_rate"]
 MODELS = {
     # Unequal dims (genres 8, the rest 16) and a low-rank, parallel cross network.
     "dcn": ["data.tables.genres.embedding_dim=8", "model.low_rank=8", "model.structure=parallel"],
