@@ -356,7 +356,8 @@ def build_interactions(
 
 
 def _outputs_fresh(raw_dir: Path, outputs: dict[str, Path]) -> bool:
-    """Tell whether every output exists and is at least as new as every raw file.
+    """Tell whether every output exists, has today's columns and is at least as new as every
+    raw file (splits built by an older version, e.g. without the history columns, are stale).
 
     Args:
         raw_dir: Folder with the raw files.
@@ -366,6 +367,9 @@ def _outputs_fresh(raw_dir: Path, outputs: dict[str, Path]) -> bool:
         True when no rebuild is needed.
     """
     if not all(path.is_file() for path in outputs.values()):
+        return False
+    if any(pq.read_schema(path).remove_metadata() != OUTPUT_SCHEMA for path in outputs.values()):
+        logger.info("MovieLens splits in %s have older columns: rebuilding", raw_dir.parent)
         return False
     newest_raw = max((raw_dir / name).stat().st_mtime_ns for name in RAW_SHA256)
     oldest_out = min(path.stat().st_mtime_ns for path in outputs.values())

@@ -128,6 +128,10 @@ class DCNHead(nn.Module):
         )
         self.feature_dropout = FeatureDropout(config.feature_dropout, config.embedding_dims)
 
+    def logit_layer(self) -> nn.Linear:
+        """The layer that writes the cross and deep part's logit (recsys.model.head.silence)."""
+        return self.final if self.final is not None else self.deep[-1]
+
     def forward(
         self, dense: torch.Tensor, embeddings: torch.Tensor, first_order: torch.Tensor | None
     ) -> torch.Tensor:

@@ -215,6 +215,20 @@ class FeatureDropout(nn.Module):
         return embeddings, None if first_order is None else first_order * keep
 
 
+def silence(head: nn.Module) -> bool:
+    """Zero the layer that writes the logit of a head's part beyond its first-order terms
+    (`logit_layer`), so the head predicts its first-order terms alone until it learns more:
+    a head warm-started from a trained first-order model (the first-order stage) then starts
+    exactly where that model ended. False for heads without such a layer (LR, FM, MF)."""
+    layer = getattr(head, "logit_layer", None)
+    if layer is None:
+        return False
+    with torch.no_grad():
+        layer().weight.zero_()
+        layer().bias.zero_()
+    return True
+
+
 class DLRMHead(nn.Module):
     """Dense arch + dot interaction + over arch, plus a first-order term.
 
@@ -239,6 +253,10 @@ class DLRMHead(nn.Module):
             nn.Linear(config.num_dense, 1) if config.first_order and has_dense else None
         )
         self.feature_dropout = FeatureDropout(config.feature_dropout, (dim,) * config.num_sparse)
+
+    def logit_layer(self) -> nn.Linear:
+        """The layer that writes the interaction part's logit (see `silence`)."""
+        return self.over_arch[-1]
 
     def forward(
         self, dense: torch.Tensor, embeddings: torch.Tensor, first_order: torch.Tensor | None

@@ -21,6 +21,10 @@ FIRST_ORDER_WIDTH = 4
 BIAS_IN_ROW_SCALE = 1.0 / FIRST_ORDER_WIDTH
 # A bias table's name is its embedding table's name with this suffix (TorchRec table names).
 FIRST_ORDER_SUFFIX = "__first_order"
+# The dense part's first-order term (a weight per dense feature, and the bias: the global bias
+# where the head has no other), named alike in every head: a warm start copies it from another
+# head (the first-order stage's LR into the whole model) when the rest of the dense part differs.
+DENSE_FIRST_ORDER_PREFIX = "dense_linear."
 # An empty slot of a managed table's remap holds this id (TorchRec MCH's int64 max marker).
 REMAP_EMPTY_SLOT = 2**63 - 1
 

@@ -56,6 +56,8 @@ class BestModel:
         save: the run's checkpoint writer (`save_checkpoint` bound to model, optimizer, ...),
             called with output_dir, step, epoch, progress, keep_last and folder by name.
         env: this process's place in the process group.
+        trained_start: the model at step 0 is trained (a warm start): its validation can be
+            the best one, and is kept as such.
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class BestModel:
         output_dir: Path,
         save: Callable[..., Path],
         env: DistEnv,
+        trained_start: bool = False,
     ):
         self.config, self.rule = config, EarlyStopping(config)
         self.keep_checkpoints = checkpoints.at_epoch_end or checkpoints.every_n_steps is not None
@@ -72,6 +75,7 @@ class BestModel:
         self.path: Path | None = None  # the best step's checkpoint
         self.metrics: BinaryMetrics | None = None  # the best validation's metrics
         self.restored = False
+        self.trained_start = trained_start
 
     @property
     def step(self) -> int | None:
@@ -83,7 +87,8 @@ class BestModel:
         reason = self.rule.update(metrics, state.step)
         if self.rule.improved_at == state.step:
             self.metrics = metrics
-            if self.config.restore_best and state.step > 0:  # step 0: nothing trained yet
+            # step 0: nothing trained yet, unless the run started from a trained model
+            if self.config.restore_best and (state.step > 0 or self.trained_start):
                 self.path = self._save(
                     output_dir=self.output_dir, step=state.step, epoch=state.epoch,
                     progress=state.progress, keep_last=1, folder=BEST_DIR,

@@ -44,9 +44,11 @@ def best_model(
     save: Callable[..., Path],
     env: DistEnv,
     resume: ResumePoint | None,
+    warm_started: bool = False,
 ) -> BestModel | None:
     """Early stopping that keeps the best model (None: trainer.early_stopping is off); a
-    resumed run goes on as its checkpoint. `save` writes the run's checkpoints (BestModel)."""
+    resumed run goes on as its checkpoint. `save` writes the run's checkpoints (BestModel). A
+    warm-started run's start can be its best model (`ValidationMonitor.validate_start`)."""
     stopping = trainer.early_stopping
     if not stopping.enabled:
         return None
@@ -55,7 +57,7 @@ def best_model(
             "trainer.early_stopping watches data.eval_path: eval metrics are no longer "
             "unseen. Set data.valid_path, or data.holdout.fraction > 0, to stop on validation."
         )
-    best = BestModel(stopping, trainer.checkpoint, output_dir, save, env)
+    best = BestModel(stopping, trainer.checkpoint, output_dir, save, env, warm_started)
     if resume is not None:
         best.load_state_dict(resume.extra.get("early_stopping"), resume.path, resume.step)
     return best
@@ -117,6 +119,16 @@ class ValidationMonitor:
             reason = self.hook(metrics, self.env)
             self.stop_reason = self.stop_reason or reason
         return evaluation
+
+    def validate_start(self, state: TrainState) -> None:
+        """Validate a warm-started model before its first step, so that early stopping keeps
+        the start when training never beats it (after the first-order stage: the LR)."""
+        evaluation = self.validate(state)
+        if self.env.is_main:
+            log.info(
+                "start (warm): step %d, %s AUC %.4f, log loss %.4f", state.step,
+                self.data.valid_prefix, evaluation.metrics.auc, evaluation.metrics.log_loss,
+            )  # fmt: skip
 
     def validated_at(self, step: int) -> Evaluation | None:
         """The validation already run at `step`, if any."""

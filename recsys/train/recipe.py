@@ -146,9 +146,11 @@ class TrainRecipe:
         self._start_tracking(warm)
         self.run_metrics = RunMetrics(self.tracker, self.state)
         self.saver = self._checkpointer()
+        self._warm_started = warm is not None
         self.best = best_model(
-            trainer, self.data, self.output_dir, self._save_checkpoint, env, self._resume
-        )
+            trainer, self.data, self.output_dir, self._save_checkpoint, env, self._resume,
+            warm_started=self._warm_started,
+        )  # fmt: skip
         self.monitor = self._monitor()
 
     def _restore(self) -> WarmStartReport | None:
@@ -214,6 +216,8 @@ class TrainRecipe:
         """Epoch by epoch until `trainer.epochs`, `trainer.max_steps` or early stopping."""
         state, trainer, monitor = self.state, self.cfg.trainer, self.monitor
         resume = _resume_progress(self._resume)  # the loader position inside the first epoch
+        if self._warm_started and self.best is not None and state.step == 0:
+            monitor.validate_start(state)
         for epoch in range(state.epoch, trainer.epochs):
             state.epoch = epoch
             with Epoch(self.job, self.data.train, state, resume) as steps:

@@ -76,7 +76,8 @@ def run_first_order_stage(cfg: TrainConfig, train: Callable[[TrainConfig], Any])
     if on_main:
         log.info(
             "first-order stage done after %d steps (%s); the whole model starts from its tables "
-            "(its dense part, another head than the stage's, starts fresh)",
+            "(its dense part, another head than the stage's, starts fresh but for the linear "
+            "term of the dense features)",
             result.steps, result.stop_reason or "ran to trainer.epochs",
         )  # fmt: skip
     return after_stage(cfg, Path(stage.output_dir))

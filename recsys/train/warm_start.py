@@ -1,5 +1,9 @@
 """Warm start: a new run's tables (and dense part, when shapes match) from an earlier model.
 
+When the dense part as a whole differs (another head, e.g. the first-order stage's LR into
+DLRM), its first-order term (`dense_linear`: a weight per dense feature and a bias) is still
+copied when it matches: it means the same in every head.
+
 The source is a serving export (`export/` folder with manifest.json), a checkpoint step folder,
 or a run folder (its newest checkpoint, else its export). Tables are matched by name. A table
 whose bucket count or dim changed cannot be copied: an error names it, or, with
@@ -33,7 +37,9 @@ from recsys.distributed.env import DistEnv
 from recsys.distributed.gather import held_shards
 from recsys.export.manifest import MANIFEST_FILE, Manifest, load_dense
 from recsys.export.quantize import load_rows
-from recsys.model.layout import FIRST_ORDER_SUFFIX, WeightLayout
+from recsys.model.click import ClickModel
+from recsys.model.head import silence
+from recsys.model.layout import DENSE_FIRST_ORDER_PREFIX, FIRST_ORDER_SUFFIX, WeightLayout
 from recsys.schema import Schema
 from recsys.train.checkpoint import MODEL_SECTION, OPTIMIZER_SECTION, _init_optimizer_state
 from recsys.train.checkpoint_checks import read_dcp_metadata
@@ -58,6 +64,9 @@ class WarmStartReport:
     tables: list[str] = field(default_factory=list)  # copied
     skipped: list[str] = field(default_factory=list)  # shape changed or absent in the source
     dense: bool = False  # the dense part was copied too
+    dense_first_order: bool = False  # only the dense part's first-order term was copied
+    source_first_order: bool = False  # the source's dense part is first-order terms only (LR)
+    silenced: bool = False  # the new head's logit layer zeroed: it starts as the source model
     remaps: list[str] = field(default_factory=list)  # managed tables whose remap was copied
     optimizer: bool = False  # the optimizer state was copied too
     expired: dict[str, int] = field(default_factory=dict)  # managed table -> ids that lost rows
@@ -91,19 +100,32 @@ def warm_start(
         if table in report.remaps:
             report.expired[table] = expire_ids(state, layout, table, ids)
     model.load_state_dict(state)
+    if report.source_first_order and not report.dense:
+        report.silenced = silence(
+            next(m for m in model.modules() if isinstance(m, ClickModel)).head
+        )
     if optimizer is not None and kind == "checkpoint":
         report.optimizer = _copy_optimizer(path, optimizer, report)
     if env.is_main:
         log.info(
-            "warm start from %s: tables %s%s, dense part %s, optimizer %s%s",
+            "warm start from %s: tables %s%s, dense part %s%s, optimizer %s%s",
             path,
             report.tables,
             f" (kept fresh: {report.skipped})" if report.skipped else "",
-            "copied" if report.dense else "fresh",
+            _dense_words(report),
+            " and its logit layer zeroed (it starts as the source's first-order model)"
+            if report.silenced
+            else "",
             "copied" if report.optimizer else "fresh",
             f", expired ids {report.expired}" if report.expired else "",
         )
     return report
+
+
+def _dense_words(report: WarmStartReport) -> str:
+    if report.dense:
+        return "copied"
+    return "fresh (its first-order term copied)" if report.dense_first_order else "fresh"
 
 
 def locate_source(path: Path) -> tuple[str, Path]:
@@ -172,7 +194,10 @@ def _from_export(
             copy_full_into(state[key], torch.from_numpy(full))
             report.tables.extend(names)
     dense = load_dense(path / manifest.dense["file"])
+    report.source_first_order = bool(dense) and all(_first_order(k) for k in dense)
     report.dense = _copy_dense(state, layout, dense)
+    if not report.dense:
+        report.dense_first_order = _copy_dense(state, layout, dense, first_order_only=True)
     return report
 
 
@@ -236,10 +261,24 @@ def _from_checkpoint(
             report.remaps.append(table)
     dense = list(layout.dense_keys(state))
     dense_ok = all(saved_sizes.get(_MODEL + k) == tuple(state[k].shape) for k in dense)
-    if dense_ok:
-        wanted.update({_MODEL + k: state[k] for k in dense})
-    else:
-        log.warning("warm start: the dense part's shapes differ from %s; it starts fresh.", path)
+    saved_dense = {k for k in saved_sizes if k.startswith(_MODEL + layout.dense_prefix)}
+    inner = len(_MODEL + layout.dense_prefix)
+    report.source_first_order = bool(saved_dense) and all(
+        _first_order(k[inner:]) for k in saved_dense
+    )
+    dense_ok = dense_ok and saved_dense == {_MODEL + k for k in dense}
+    linear = [k for k, inner in layout.dense_keys(state).items() if _first_order(inner)]
+    linear_ok = bool(linear) and all(
+        saved_sizes.get(_MODEL + k) == tuple(state[k].shape) for k in linear
+    )
+    if dense_ok or linear_ok:
+        wanted.update({_MODEL + k: state[k] for k in (dense if dense_ok else linear)})
+    if not dense_ok:
+        log.warning(
+            "warm start: the dense part differs from %s; it starts fresh%s.",
+            path,
+            " (its first-order term copied)" if linear_ok else "",
+        )
     # Loads each rank's own shards straight from the files (DCP reads only overlapping parts).
     dcp.load(
         wanted,
@@ -249,6 +288,7 @@ def _from_checkpoint(
     for key, value in wanted.items():
         state[key[len(_MODEL) :]] = value
     report.dense = dense_ok and bool(dense)
+    report.dense_first_order = not dense_ok and linear_ok
     return report
 
 
@@ -269,19 +309,32 @@ def _warn_on_rehashed_tables(saved: dict[str, Any], schema: Schema) -> None:
 # -------------------------------------------------------------------------------- copying
 
 
+def _first_order(dense_key: str) -> bool:
+    """Whether a key inside the dense part is its first-order term (`dense_linear.*`)."""
+    return dense_key.startswith(DENSE_FIRST_ORDER_PREFIX)
+
+
 def _copy_dense(
-    state: dict[str, Any], layout: WeightLayout, source: dict[str, torch.Tensor]
+    state: dict[str, Any],
+    layout: WeightLayout,
+    source: dict[str, torch.Tensor],
+    first_order_only: bool = False,
 ) -> bool:
-    """Copy the dense part when every parameter is there with the same shape, else keep it."""
+    """Copy the dense part (or only its first-order term) when every parameter is there with
+    the same shape, else keep it."""
     targets = layout.dense_keys(state)
+    if first_order_only:
+        targets = {k: s for k, s in targets.items() if _first_order(s)}
+        source = {s: v for s, v in source.items() if _first_order(s)}
     mismatched = [
         k for k, s in targets.items() if s not in source or source[s].shape != state[k].shape
     ]
-    if mismatched or set(source) != set(targets.values()):
-        log.warning(
-            "warm start: the dense part differs from the source (e.g. %s); it starts fresh.",
-            mismatched[:3] or sorted(set(source) ^ set(targets.values()))[:3],
-        )
+    if not targets or mismatched or set(source) != set(targets.values()):
+        if not first_order_only:
+            log.warning(
+                "warm start: the dense part differs from the source (e.g. %s); it starts fresh.",
+                mismatched[:3] or sorted(set(source) ^ set(targets.values()))[:3],
+            )
         return False
     for key, source_key in targets.items():
         state[key].detach().copy_(source[source_key])

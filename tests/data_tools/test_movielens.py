@@ -308,3 +308,12 @@ def test_real_fetch(tmp_path: Path) -> None:
     assert counts["train_fit"] + counts["valid"] == 80_000
     raw = tmp_path / "movielens" / "raw"
     assert sorted(p.name for p in raw.iterdir()) == sorted(ml.RAW_SHA256)
+
+
+def test_prepare_rebuilds_splits_with_older_columns(raw_dir: Path) -> None:
+    data_dir = raw_dir.parent
+    paths = ml.prepare_movielens(data_dir)
+    old = pq.read_table(paths["train"]).drop_columns(["user_prior_like_rate"])
+    pq.write_table(old, paths["train"])  # newer than the raw files, but an older layout
+    ml.prepare_movielens(data_dir)
+    assert pq.read_schema(paths["train"]).remove_metadata() == ml.OUTPUT_SCHEMA

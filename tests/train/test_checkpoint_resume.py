@@ -17,6 +17,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from recsys.compose import load_config
+from recsys.export.manifest import Manifest, load_dense
 from recsys.export.scorer import Scorer
 from recsys.train import recipe
 from recsys.train.checkpoint import save_checkpoint
@@ -296,3 +297,23 @@ def test_warm_start_on_two_processes_with_table_wise_shards(
     expected = Scorer(source / "export").score(pq.read_table(log.eval))
     np.testing.assert_allclose(_probs(tmp_path / "warm"), expected, rtol=0, atol=1e-5)
     assert "eval AUC" in out
+
+
+@pytest.mark.parametrize("what", ["export", "checkpoint"])
+def test_warm_start_from_another_head_copies_the_dense_first_order_term(
+    tiny_log: TinyLog, tmp_path: Path, what: str
+) -> None:
+    """An LR's linear term of the dense features (and its bias) means the same in DLRM: it is
+    copied although the rest of the dense part (another head) starts fresh."""
+    lr = _run(tiny_log, tmp_path / "lr", ["model=lr", "model.embedding_dim=16", "trainer.epochs=1"])
+    source = lr.export_dir if what == "export" else find_latest(tmp_path / "lr")
+    warm = _run(
+        tiny_log, tmp_path / "dlrm", ["trainer.max_steps=0", f"trainer.warm_start={source}"]
+    )
+    trained, started = (
+        load_dense(d / Manifest.load(d).dense["file"]) for d in (lr.export_dir, warm.export_dir)
+    )
+    assert set(trained) == {"dense_linear.weight", "dense_linear.bias"} < set(started)
+    for key, value in trained.items():
+        assert value.abs().max() > 0
+        torch.testing.assert_close(started[key], value, rtol=0, atol=0)

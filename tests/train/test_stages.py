@@ -4,6 +4,7 @@ model from them."""
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -68,5 +69,16 @@ def test_the_whole_model_starts_from_the_stages_best_biases(
     # every table carried over (the same dim), the dense head (DLRM's, not LR's) fresh
     assert len(started) == 1 and str(stage) in started[0] and "dense part fresh" in started[0]
     assert "kept fresh" not in started[0]
+    # ... but for the dense features' linear term, and with its logit layer zeroed: the whole
+    # model starts as the stage's LR, which its first validation (step 0) shows.
+    assert "first-order term copied" in started[0] and "logit layer zeroed" in started[0]
+    messages = [m.getMessage() for m in caplog.records]
+    stage_done = next(i for i, m in enumerate(messages) if "first-order stage done" in m)
+    stage_aucs = [re.search(r"epoch \d+: step \d+, valid AUC ([0-9.]+)", m) for m in messages]
+    stage_auc = max(float(m.group(1)) for m in stage_aucs[:stage_done] if m)
+    validations = [(int(h["step"]), h["valid/auc"]) for h in result.history if "valid/auc" in h]
+    assert validations[0][0] == 0 and validations[0][1] == pytest.approx(
+        stage_auc, abs=6e-5
+    )  # logged to 4 places
     assert result.output_dir == tmp_path / "run" and 0.5 < result.metrics["eval/auc"] <= 1.0
     assert not (tmp_path / "run" / STAGE_DIR / STAGE_DIR).exists()  # one stage, not a chain

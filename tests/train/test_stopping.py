@@ -161,3 +161,25 @@ def test_overfitting_run_stops_and_ends_with_the_best_validated_model(
     np.testing.assert_allclose(ran, probs, rtol=0, atol=1e-6)
     scores = Scorer(tmp_path / "run" / "export").score(pq.read_table(tiny_log.eval))
     np.testing.assert_allclose(scores, probs, rtol=0, atol=1e-5)
+
+
+def test_warm_started_run_keeps_its_start_when_training_never_beats_it(
+    tiny_log: TinyLog, tmp_path: Path
+) -> None:
+    """A warm start's step 0 is a trained model: it is validated before the first step, and
+    early stopping restores it when every later validation is worse (here: wrecking steps)."""
+    common = tiny_log.overrides + ["tracking=none", "export.enabled=false"]
+    source = run(load_config(common + ["trainer.epochs=2"], output_dir=str(tmp_path / "source")))
+    wreck = [
+        f"trainer.warm_start={tmp_path / 'source'}",
+        "trainer.epochs=3",
+        "trainer.lr=30",
+        "trainer.sparse_lr=30",
+        "trainer.early_stopping.patience=1",
+        "trainer.early_stopping.restore_best=true",
+    ]
+    result = run(load_config(common + wreck, output_dir=str(tmp_path / "warm")))
+    validations = [(int(h["step"]), h["valid/auc"]) for h in result.history if "valid/auc" in h]
+    assert validations[0][0] == 0 and validations[1][1] < validations[0][1]
+    assert "restored the model of step 0" in result.stop_reason
+    assert result.metrics["eval/auc"] == pytest.approx(source.metrics["eval/auc"], abs=1e-6)
