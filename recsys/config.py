@@ -351,6 +351,9 @@ class TrainerConfig:
     # First the first-order terms alone (a hashed LR on the same tables) to their best validation,
     # then the whole model from those biases (recsys/train/stages.py).
     first_order_stage: bool = True
+    # The stage's dense lr (its global bias and linear term of the dense features; None: lr):
+    # a logistic regression's one linear layer wants a bolder step than the deep part's.
+    first_order_stage_lr: float | None = 0.01
     sparse_weight_decay: float = 0.0  # fused L2 in FBGEMM's GPU kernels (rowwise_adagrad only)
     # L2 on the embedding and bias rows each batch touches (their pooled vectors), added to
     # the loss: lambda * sum over features of ||pooled||^2, averaged over rows. Works on every

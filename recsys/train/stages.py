@@ -12,7 +12,10 @@ and synthetic first_order within noise, synthetic cold start 0.6404 -> 0.6347 (R
 
 The stage is a run of its own under `<output_dir>/first_order_stage/`, set up and trained
 only (no tracking, final evaluation, export or plots), and the whole model warm-starts from
-its final, best, checkpoint.
+its final, best, checkpoint: the bias tables and the dense features' linear term are copied,
+the deep part's logit layer starts at zero (recsys.train.warm_start), so the whole model
+starts as the LR; its start is validated, and early stopping keeps it if training never
+beats it on validation.
 """
 
 from __future__ import annotations
@@ -45,11 +48,13 @@ def wants_first_order_stage(cfg: TrainConfig) -> bool:
 
 def stage_config(cfg: TrainConfig) -> TrainConfig:
     """The stage's run: `model=lr` on the same tables (same dim, so the tables carry over),
-    the same data and trainer, untracked and not exported, in its own folder."""
+    the same data and trainer but for the dense lr (`trainer.first_order_stage_lr`),
+    untracked and not exported, in its own folder."""
     stage = copy.deepcopy(cfg)
     stage.model.name = ModelName.lr
     stage.model.dropout = 0.0
     stage.trainer.first_order_stage = False
+    stage.trainer.lr = cfg.trainer.first_order_stage_lr or cfg.trainer.lr
     stage.tracking.enabled = False
     stage.export.enabled = False
     stage.output_dir = str(Path(cfg.output_dir) / STAGE_DIR)

@@ -118,6 +118,8 @@ def check_trainer(trainer: TrainerConfig) -> None:
     _positive("trainer.sparse_lr", trainer.sparse_lr)
     if trainer.first_order_lr is not None:
         _positive("trainer.first_order_lr", trainer.first_order_lr, "or null for sparse_lr")
+    if trainer.first_order_stage_lr is not None:
+        _positive("trainer.first_order_stage_lr", trainer.first_order_stage_lr, "or null for lr")
     for key in ("weight_decay", "sparse_weight_decay", "momentum", "embedding_l2"):
         _at_least(f"trainer.{key}", getattr(trainer, key), 0.0)
     if len(trainer.betas) != 2 or not all(0.0 <= b < 1.0 for b in trainer.betas):

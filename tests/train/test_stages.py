@@ -33,6 +33,9 @@ def test_the_stage_is_an_untracked_lr_run_on_the_same_tables(tmp_path: Path) -> 
     assert not stage.tracking.enabled and not stage.export.enabled
     assert not stage.trainer.first_order_stage and stage.output_dir == str(tmp_path / STAGE_DIR)
     assert cfg.model.name is ModelName.dlrm and cfg.tracking.enabled  # the caller's untouched
+    assert (stage.trainer.lr, cfg.trainer.lr) == (cfg.trainer.first_order_stage_lr, 0.001)
+    unset = stage_config(_cfg(tmp_path, "trainer.first_order_stage_lr=null", "trainer.lr=0.003"))
+    assert unset.trainer.lr == 0.003
     whole = after_stage(cfg, tmp_path / STAGE_DIR)
     assert whole.trainer.warm_start == str(tmp_path / STAGE_DIR)
     assert whole.trainer.first_order_lr == pytest.approx(
