@@ -7,15 +7,16 @@ So the stage trains the first-order terms alone first (`model=lr` on the very sa
 trainer settings, to its best validated step), and the whole model then starts from those
 biases, which move on at `first_order_lr` (null: sparse_lr / 10) while the rest learns what
 they left. Validation AUC, mean of seeds 0-2, without -> with the stage: synthetic pairwise
-0.7388 -> 0.7490, a planted Avazu-layout log 0.8703 -> 0.8784 (its LR 0.8724), MovieLens, adult
-and synthetic first_order within noise, synthetic cold start 0.6404 -> 0.6347 (README).
+0.7388 -> 0.7495, a planted Avazu-layout log 0.8703 -> 0.8780 (its LR 0.8724), MovieLens
+0.7930 -> 0.7958, adult 0.8988 -> 0.9002, synthetic first_order and cold start within noise
+(README).
 
 The stage is a run of its own under `<output_dir>/first_order_stage/`, set up and trained
-only (no tracking, final evaluation, export or plots), and the whole model warm-starts from
-its final, best, checkpoint: the bias tables and the dense features' linear term are copied,
-the deep part's logit layer starts at zero (recsys.train.warm_start), so the whole model
-starts as the LR; its start is validated, and early stopping keeps it if training never
-beats it on validation.
+only (no tracking, final evaluation, export or plots), with its dense lr
+`trainer.first_order_stage_lr`. The whole model warm-starts from its final, best, checkpoint:
+the bias tables and the dense features' linear term are copied, the deep part's logit layer
+starts at zero (recsys.train.warm_start), so the whole model starts as the LR; its start is
+validated, and early stopping keeps it if training never beats it on validation.
 """
 
 from __future__ import annotations
