@@ -11,7 +11,8 @@ Train it with
 
     make train ARGS='--config-dir <sweep dir> +experiment=best'
 
-(more overrides after it win), or copy it to conf/experiment/<name>.yaml and
+(more overrides after it win; a trial's deletions, `~key`, which an experiment file cannot
+express, follow it on the command it prints), or copy it to conf/experiment/<name>.yaml and
 `make train ARGS='+experiment=<name>'`.
 """
 
@@ -43,8 +44,14 @@ class BestConfig:
     overrides: list[str]  # the trial's own overrides (what was searched, and fixed by the user)
 
     def command(self) -> str:
+        """`make train` with best.yaml, and the trial's deletions (`~key`): an experiment file
+        merges into the config and cannot remove a key, so they follow it on the command."""
         config_dir = self.path.parent.parent
-        return f"make train ARGS='--config-dir {config_dir} +experiment={self.path.stem}'"
+        # Hydra hands a trial a deletion as `~key=null`; `~key` deletes whatever the value.
+        deletions = "".join(f" {o.removesuffix('=null')}" for o in self.overrides if o[0] == "~")
+        return (
+            f"make train ARGS='--config-dir {config_dir} +experiment={self.path.stem}{deletions}'"
+        )
 
 
 def write_best_config(trial_dir: Path, sweep_dir: Path, header: str) -> BestConfig:
