@@ -23,11 +23,28 @@ from tests.synthetic import TinyLog
 REPO = Path(__file__).resolve().parents[2]
 GLOO_THREADS = ("pt_gloo_runloop", "gloo_tcp_loop")  # gloo's workers and transport loop
 
+# This process's native threads by name, once gloo's are gone or after 2 s: a freed group's
+# transport loop can take a moment to exit (seen once, a clean-clone CI run on 2 loaded cores); a
+# thread the run leaks is still there after 2 s.
+_NATIVE_THREADS = f"""
+import os, time
+def native_threads(settle_s=2.0):
+    deadline = time.monotonic() + settle_s
+    while True:
+        names = [open(f"/proc/self/task/{{t}}/comm").read().strip()
+                 for t in os.listdir("/proc/self/task")]
+        if time.monotonic() > deadline or not set(names) & set({GLOO_THREADS!r}):
+            return names
+        time.sleep(0.05)
+"""
+
 # Runs each case's config in turn; after each, what is left: other Python threads, gloo's
 # native threads, whether a process group is still initialized. A case with "interrupt" set
 # gets Ctrl-C on its third step (in that stepper class) and keeps the exception (and so its
 # traceback's frames) alive while it looks.
-_SCRIPT = """
+_SCRIPT = (
+    _NATIVE_THREADS
+    + """
 import json, os, sys, threading
 import torch.distributed as dist
 from recsys.compose import load_config
@@ -44,8 +61,7 @@ def interrupting(step):
     return interrupted
 
 def leftovers():
-    native = [open(f"/proc/self/task/{t}/comm").read().strip()
-              for t in os.listdir("/proc/self/task")]
+    native = native_threads()
     others = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
     return {"python": others, "native": native, "initialized": dist.is_initialized()}
 
@@ -67,6 +83,7 @@ for case in json.loads(sys.argv[1]):
         stepper.step = step
 print("REPORT " + json.dumps(report))
 """
+)
 
 _COMMON = [
     "tracking=none",
@@ -105,7 +122,9 @@ needs_proc = pytest.mark.skipif(
 
 # The group's lifecycle alone: joined, an optimizer built (torch then imports torch._dynamo,
 # and with it the modules that bind `dist.group.WORLD` at import), an object collective run.
-_GROUP_SCRIPT = """
+_GROUP_SCRIPT = (
+    _NATIVE_THREADS
+    + """
 import json, os
 import torch, torch.distributed as dist
 from recsys.distributed.env import init_distributed, shutdown_distributed
@@ -113,9 +132,9 @@ init_distributed("cpu")
 torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
 dist.all_gather_object([None], {"rows": 1})
 freed = shutdown_distributed()
-native = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
-print("REPORT " + json.dumps({"freed": freed, "native": native}))
+print("REPORT " + json.dumps({"freed": freed, "native": native_threads()}))
 """
+)
 
 
 @needs_proc
