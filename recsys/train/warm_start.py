@@ -195,7 +195,7 @@ def _from_export(
             report.tables.extend(names)
     dense = load_dense(path / manifest.dense["file"])
     report.source_first_order = bool(dense) and all(_first_order(k) for k in dense)
-    report.dense = _copy_dense(state, layout, dense)
+    report.dense = _copy_dense(state, layout, dense, warn=not report.source_first_order)
     if not report.dense:
         report.dense_first_order = _copy_dense(state, layout, dense, first_order_only=True)
     return report
@@ -273,7 +273,9 @@ def _from_checkpoint(
     )
     if dense_ok or linear_ok:
         wanted.update({_MODEL + k: state[k] for k in (dense if dense_ok else linear)})
-    if not dense_ok:
+    # From an LR into another head (the first-order stage) the fresh head is the intent: the
+    # closing info line says so; anything else deserves the warning.
+    if not dense_ok and not (report.source_first_order and linear_ok):
         log.warning(
             "warm start: the dense part differs from %s; it starts fresh%s.",
             path,
@@ -319,9 +321,10 @@ def _copy_dense(
     layout: WeightLayout,
     source: dict[str, torch.Tensor],
     first_order_only: bool = False,
+    warn: bool = True,
 ) -> bool:
     """Copy the dense part (or only its first-order term) when every parameter is there with
-    the same shape, else keep it."""
+    the same shape, else keep it (with a warning, when `warn`)."""
     targets = layout.dense_keys(state)
     if first_order_only:
         targets = {k: s for k, s in targets.items() if _first_order(s)}
@@ -330,7 +333,7 @@ def _copy_dense(
         k for k, s in targets.items() if s not in source or source[s].shape != state[k].shape
     ]
     if not targets or mismatched or set(source) != set(targets.values()):
-        if not first_order_only:
+        if warn and not first_order_only:
             log.warning(
                 "warm start: the dense part differs from the source (e.g. %s); it starts fresh.",
                 mismatched[:3] or sorted(set(source) ^ set(targets.values()))[:3],

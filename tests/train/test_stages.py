@@ -75,6 +75,8 @@ def test_the_whole_model_starts_from_the_stages_best_biases(
     # ... but for the dense features' linear term, and with its logit layer zeroed: the whole
     # model starts as the stage's LR, which its first validation (step 0) shows.
     assert "first-order term copied" in started[0] and "logit layer zeroed" in started[0]
+    warned = [m for m in caplog.records if m.name == "recsys.train.warm_start" and m.levelno > 20]
+    assert not warned  # the fresh head is the intent here, not a mismatch to warn of
     messages = [m.getMessage() for m in caplog.records]
     stage_done = next(i for i, m in enumerate(messages) if "first-order stage done" in m)
     stage_aucs = [re.search(r"epoch \d+: step \d+, valid AUC ([0-9.]+)", m) for m in messages]
