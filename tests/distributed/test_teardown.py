@@ -31,8 +31,12 @@ import os, time
 def native_threads(settle_s=2.0):
     deadline = time.monotonic() + settle_s
     while True:
-        names = [open(f"/proc/self/task/{{t}}/comm").read().strip()
-                 for t in os.listdir("/proc/self/task")]
+        names = []
+        for t in os.listdir("/proc/self/task"):
+            try:
+                names.append(open(f"/proc/self/task/{{t}}/comm").read().strip())
+            except OSError:  # the thread ended between the listing and the read
+                pass
         if time.monotonic() > deadline or not set(names) & set({GLOO_THREADS!r}):
             return names
         time.sleep(0.05)
