@@ -194,7 +194,7 @@ def _from_export(
             copy_full_into(state[key], torch.from_numpy(full))
             report.tables.extend(names)
     dense = load_dense(path / manifest.dense["file"])
-    report.source_first_order = bool(dense) and all(_first_order(k) for k in dense)
+    report.source_first_order = _first_order_only(list(dense))
     report.dense = _copy_dense(state, layout, dense, warn=not report.source_first_order)
     if not report.dense:
         report.dense_first_order = _copy_dense(state, layout, dense, first_order_only=True)
@@ -259,15 +259,15 @@ def _from_checkpoint(
         ):
             wanted.update({_MODEL + k: state[k] for k in keys})
             report.remaps.append(table)
-    dense = list(layout.dense_keys(state))
-    dense_ok = all(saved_sizes.get(_MODEL + k) == tuple(state[k].shape) for k in dense)
-    saved_dense = {k for k in saved_sizes if k.startswith(_MODEL + layout.dense_prefix)}
-    inner = len(_MODEL + layout.dense_prefix)
-    report.source_first_order = bool(saved_dense) and all(
-        _first_order(k[inner:]) for k in saved_dense
+    dense_keys = layout.dense_keys(state)  # state key -> its key inside the dense part
+    dense = list(dense_keys)
+    saved_prefix = _MODEL + layout.dense_prefix
+    saved_dense = [k.removeprefix(saved_prefix) for k in saved_sizes if k.startswith(saved_prefix)]
+    report.source_first_order = _first_order_only(saved_dense)
+    dense_ok = set(saved_dense) == set(dense_keys.values()) and all(
+        saved_sizes.get(_MODEL + k) == tuple(state[k].shape) for k in dense
     )
-    dense_ok = dense_ok and saved_dense == {_MODEL + k for k in dense}
-    linear = [k for k, inner in layout.dense_keys(state).items() if _first_order(inner)]
+    linear = [k for k, inner in dense_keys.items() if _first_order(inner)]
     linear_ok = bool(linear) and all(
         saved_sizes.get(_MODEL + k) == tuple(state[k].shape) for k in linear
     )
@@ -314,6 +314,11 @@ def _warn_on_rehashed_tables(saved: dict[str, Any], schema: Schema) -> None:
 def _first_order(dense_key: str) -> bool:
     """Whether a key inside the dense part is its first-order term (`dense_linear.*`)."""
     return dense_key.startswith(DENSE_FIRST_ORDER_PREFIX)
+
+
+def _first_order_only(dense_keys: list[str]) -> bool:
+    """Whether a dense part (its keys) is first-order terms only: an LR's."""
+    return bool(dense_keys) and all(_first_order(k) for k in dense_keys)
 
 
 def _copy_dense(
