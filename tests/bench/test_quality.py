@@ -7,6 +7,7 @@ import shlex
 
 import pytest
 
+from recsys.bench import quality
 from recsys.bench.quality import Cell, Dataset, RunCache, lift, study, table
 from tests.synthetic import write_tiny_log
 
@@ -51,3 +52,10 @@ def test_a_candidate_keeps_the_setting_better_on_validation_never_eval() -> None
     (cell,) = study([data], {"m": settings}, seeds=[0, 1], tuned={}, cache=cache)
     assert cell.overrides == ["trainer.lr=0.001"]
     assert [r["eval/auc"] for r in cell.runs] == [0.60, 0.61]
+
+
+def test_the_2m_row_pairwise_world_runs_only_when_named() -> None:
+    assert "synth-pairwise-2M" not in quality.DEFAULT_DATASETS
+    assert quality.DATASETS["synth-pairwise-2M"].synth.train_rows == 2_000_000
+    with pytest.raises(SystemExit, match="synth-pairwise-2M"):
+        quality.main(["--datasets", "no-such-data"])
