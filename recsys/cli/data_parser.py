@@ -25,7 +25,11 @@ def _add_movielens(commands: argparse._SubParsersAction) -> None:
         default=Path("data/movielens"),
         help="output folder; raw files go to DATA_DIR/raw (default: %(default)s)",
     )
-    movielens.add_argument(
+    _add_rebuild_flag(movielens)
+
+
+def _add_rebuild_flag(fetcher: argparse.ArgumentParser) -> None:
+    fetcher.add_argument(
         "--force", action="store_true", help="rebuild the splits even if they are up to date"
     )
 
@@ -38,9 +42,7 @@ def _add_adult(commands: argparse._SubParsersAction) -> None:
         "write a seeded 80/20 split (and 80/20 of train into train_fit/valid).",
     )
     adult.add_argument("--data-dir", type=Path, default=Path("data/adult"))
-    adult.add_argument(
-        "--force", action="store_true", help="rebuild the splits even if they are up to date"
-    )
+    _add_rebuild_flag(adult)
 
 
 def _add_infer(commands: argparse._SubParsersAction) -> None:
