@@ -49,13 +49,16 @@ def wants_first_order_stage(cfg: TrainConfig) -> bool:
 
 def stage_config(cfg: TrainConfig) -> TrainConfig:
     """The stage's run: `model=lr` on the same tables (same dim, so the tables carry over),
-    the same data and trainer but for the dense lr (`trainer.first_order_stage_lr`),
-    untracked and not exported, in its own folder."""
+    the same data and trainer but for the dense lr (`trainer.first_order_stage_lr`) and
+    epoch-end checkpoints (always on), untracked and not exported, in its own folder."""
     stage = copy.deepcopy(cfg)
     stage.model.name = ModelName.lr
     stage.model.dropout = 0.0
     stage.trainer.first_order_stage = False
     stage.trainer.lr = cfg.trainer.first_order_stage_lr or cfg.trainer.lr
+    # Its final checkpoint is the whole model's start, whatever the run's own checkpoint
+    # settings (make tune's trials turn epoch-end checkpoints off).
+    stage.trainer.checkpoint.at_epoch_end = True
     stage.tracking.enabled = False
     stage.export.enabled = False
     stage.output_dir = str(Path(cfg.output_dir) / STAGE_DIR)

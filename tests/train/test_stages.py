@@ -30,6 +30,7 @@ def test_the_stage_is_an_untracked_lr_run_on_the_same_tables(tmp_path: Path) -> 
     cfg = _cfg(tmp_path, "model.embedding_dim=8")
     stage = stage_config(cfg)
     assert stage.model.name is ModelName.lr and stage.model.embedding_dim == 8  # tables carry over
+    assert stage.trainer.checkpoint.at_epoch_end  # its last checkpoint is the whole model's start
     assert not stage.tracking.enabled and not stage.export.enabled
     assert not stage.trainer.first_order_stage and stage.output_dir == str(tmp_path / STAGE_DIR)
     assert cfg.model.name is ModelName.dlrm and cfg.tracking.enabled  # the caller's untouched
@@ -87,3 +88,14 @@ def test_the_whole_model_starts_from_the_stages_best_biases(
     )  # logged to 4 places
     assert result.output_dir == tmp_path / "run" and 0.5 < result.metrics["eval/auc"] <= 1.0
     assert not (tmp_path / "run" / STAGE_DIR / STAGE_DIR).exists()  # one stage, not a chain
+
+
+def test_the_stage_checkpoints_even_when_the_run_does_not(
+    tiny_log: TinyLog, tmp_path: Path
+) -> None:
+    # make tune's trials turn epoch-end checkpoints off; the stage's last one is the handoff
+    overrides = [*tiny_log.overrides, "tracking=none", "export.enabled=false", "trainer.epochs=1"]
+    result = run(_cfg(tmp_path / "run", *overrides, "trainer.checkpoint.at_epoch_end=false"))
+    assert (tmp_path / "run" / STAGE_DIR / "checkpoints").is_dir()
+    assert not (tmp_path / "run" / "checkpoints").exists()  # the run's own setting still holds
+    assert 0.5 < result.metrics["eval/auc"] <= 1.0
