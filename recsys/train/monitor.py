@@ -103,8 +103,9 @@ class ValidationMonitor:
         every = self.every_n_steps
         return every is not None and step % every == 0
 
-    def validate(self, state: TrainState) -> Evaluation:
-        """Evaluate the validation rows, record them, and let early stopping judge."""
+    def validate(self, state: TrainState, ask_hook: bool = True) -> Evaluation:
+        """Evaluate the validation rows, record them, and let early stopping judge (and the
+        hook, unless `ask_hook` is false)."""
         data = self.data
         # On the eval rows, the predictions file is written too: the final evaluation may be
         # this one (reused when it ran at the last step).
@@ -114,7 +115,7 @@ class ValidationMonitor:
         self.run_metrics.record(evaluation, data.valid_prefix)
         if self.best is not None and self.stop_reason is None:
             self.stop_reason = self.best.judge(evaluation.metrics, state)
-        if self.hook is not None:
+        if self.hook is not None and ask_hook:
             metrics = evaluation.metrics.as_dict(prefix=f"{data.valid_prefix}/")
             reason = self.hook(metrics, self.env)
             self.stop_reason = self.stop_reason or reason
@@ -122,8 +123,10 @@ class ValidationMonitor:
 
     def validate_start(self, state: TrainState) -> None:
         """Validate a warm-started model before its first step, so that early stopping keeps
-        the start when training never beats it (after the first-order stage: the LR)."""
-        evaluation = self.validate(state)
+        the start when training never beats it (after the first-order stage: the LR). The
+        hook is not asked: make tune's k-th intermediate value stays the k-th trained epoch's
+        validation, with or without a start to validate."""
+        evaluation = self.validate(state, ask_hook=False)
         if self.env.is_main:
             log.info(
                 "start (warm): step %d, %s AUC %.4f, log loss %.4f", state.step,

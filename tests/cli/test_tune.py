@@ -103,6 +103,7 @@ def _tune(tiny_log, tmp_path: Path, uri: str) -> subprocess.CompletedProcess:
         "tracking.experiment=tune",
         f"hydra.sweep.dir={tmp_path / 'multirun'}",
         *[o for o in tiny_log.overrides if not o.startswith("trainer.sparse_lr=")],
+        "trainer.first_order_stage=true",  # the default, off in the tiny log's overrides
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(
