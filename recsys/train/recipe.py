@@ -46,7 +46,7 @@ from recsys.train.record import RunMetrics, provenance, record_start
 from recsys.train.remap_state import load_expiry
 from recsys.train.result import TrainResult
 from recsys.train.seeding import configure_determinism, seed_everything
-from recsys.train.stages import run_first_order_stage, wants_first_order_stage
+from recsys.train.stages import before_the_run
 from recsys.train.validate import validate
 from recsys.train.warm_start import WarmStartReport, warm_start
 
@@ -56,8 +56,7 @@ log = logging.getLogger(__name__)
 def run(cfg: TrainConfig, on_validation: ValidationHook | None = None) -> TrainResult:
     """Train, evaluate and export as `cfg` says; joins torchrun's process group if there is one."""
     schema = validate(cfg)  # before any side effect: a bad value leaves nothing behind
-    if wants_first_order_stage(cfg):
-        cfg = run_first_order_stage(cfg, _train_stage)
+    cfg = before_the_run(cfg, _train_stage)  # the first-order stage, when it has one
     with TrainRecipe(cfg, schema, on_validation) as recipe:
         recipe.setup()
         recipe.train()

@@ -29,10 +29,12 @@ from typing import Any
 
 from recsys.config import ModelName, TrainConfig
 from recsys.distributed.env import launch_rank
+from recsys.train.checkpoint_layout import CHECKPOINTS_DIR, find_latest, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
 STAGE_DIR = "first_order_stage"
+STAGE_DONE_FILE = "done"  # written when the stage ends: its last checkpoint is then final
 FIRST_ORDER_LR_AFTER_STAGE = 0.1  # x sparse_lr, when trainer.first_order_lr is null
 
 
@@ -74,19 +76,63 @@ def after_stage(cfg: TrainConfig, stage_dir: Path) -> TrainConfig:
     return whole
 
 
-def run_first_order_stage(cfg: TrainConfig, train: Callable[[TrainConfig], Any]) -> TrainConfig:
-    """Train the stage with `train` (recsys.train.recipe._train_stage) and return the
-    config of the whole model's run that follows it."""
+def before_the_run(cfg: TrainConfig, train: Callable[[TrainConfig], Any]) -> TrainConfig:
+    """The config of the run proper, after its first-order stage when it has one.
+
+    A resume that lands in a stage (`trainer.resume` is, or `latest` finds, a checkpoint under
+    `<run>/first_order_stage/`: the run was stopped before the whole model's first checkpoint)
+    resumes the stage there and then starts the whole model from it; a stage that had
+    finished is not trained again."""
+    stage_checkpoint = _resumed_stage_checkpoint(cfg)
+    if stage_checkpoint is None:
+        return run_first_order_stage(cfg, train) if wants_first_order_stage(cfg) else cfg
+    fresh = copy.deepcopy(cfg)
+    fresh.trainer.resume = None
+    stage_dir = stage_checkpoint.parent.parent
+    if (stage_dir / STAGE_DONE_FILE).is_file():
+        if launch_rank() == 0:
+            log.info("resume: %s finished its first-order stage; the whole model starts "
+                     "from it again", stage_dir.parent)  # fmt: skip
+        return after_stage(fresh, stage_dir)
+    return run_first_order_stage(fresh, train, resume=stage_checkpoint)
+
+
+def _resumed_stage_checkpoint(cfg: TrainConfig) -> Path | None:
+    """The stage checkpoint `trainer.resume` resolves to, if it is one. A run folder with
+    no checkpoint of its own resolves to its stage's newest."""
+    spec = cfg.trainer.resume
+    if spec is None:
+        return None
+    search_dir = Path(cfg.trainer.checkpoint.search_dir)
+    own = Path(spec) / CHECKPOINTS_DIR
+    if spec != "latest" and not own.is_dir() and (Path(spec) / STAGE_DIR).is_dir():
+        spec = str(Path(spec) / STAGE_DIR)
+    checkpoint = resolve_checkpoint(spec, search_dir)
+    return checkpoint if checkpoint.parent.parent.name == STAGE_DIR else None
+
+
+def run_first_order_stage(
+    cfg: TrainConfig, train: Callable[[TrainConfig], Any], resume: Path | None = None
+) -> TrainConfig:
+    """Train the stage with `train` (recsys.train.recipe._train_stage), from `resume` if
+    given, and return the config of the whole model's run that follows it."""
     stage = stage_config(cfg)
+    stage.trainer.resume = None if resume is None else str(resume)
     on_main = launch_rank() == 0  # torchrun: every rank trains the stage
     if on_main:
-        log.info("first-order stage: the per-id biases alone, under %s", stage.output_dir)
+        resumed = "" if resume is None else f", resumed from {resume}"
+        log.info("first-order stage: the per-id biases alone, under %s%s", stage.output_dir,
+                 resumed)  # fmt: skip
     result = train(stage)
     if on_main:
+        (Path(stage.output_dir) / STAGE_DONE_FILE).write_text(f"{result.steps}\n")
         log.info(
             "first-order stage done after %d steps (%s); the whole model starts from its tables "
             "(its dense part, another head than the stage's, starts fresh but for the linear "
             "term of the dense features)",
             result.steps, result.stop_reason or "ran to trainer.epochs",
         )  # fmt: skip
-    return after_stage(cfg, Path(stage.output_dir))
+    stage_dir = Path(stage.output_dir)
+    # Resumed at its end, the stage trains no step and writes no checkpoint of its own.
+    ended_at = resume if resume is not None and find_latest(stage_dir) is None else stage_dir
+    return after_stage(cfg, ended_at)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from recsys.train.recipe import run
 from recsys.train.stages import (
     FIRST_ORDER_LR_AFTER_STAGE,
     STAGE_DIR,
+    STAGE_DONE_FILE,
     after_stage,
     stage_config,
     wants_first_order_stage,
@@ -99,3 +101,31 @@ def test_the_stage_checkpoints_even_when_the_run_does_not(
     assert (tmp_path / "run" / STAGE_DIR / "checkpoints").is_dir()
     assert not (tmp_path / "run" / "checkpoints").exists()  # the run's own setting still holds
     assert 0.5 < result.metrics["eval/auc"] <= 1.0
+
+
+def test_a_run_stopped_in_or_after_its_stage_resumes_to_the_same_model(
+    tiny_log: TinyLog, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    runs = tmp_path / "runs"
+    overrides = [*tiny_log.overrides, "tracking=none", "export.enabled=false", "trainer.epochs=2",
+                 f"trainer.checkpoint.search_dir={runs}"]  # fmt: skip
+    whole = run(_cfg(runs / "a", *overrides))
+    stage = runs / "a" / STAGE_DIR
+    # Stopped after its stage, before the whole model's first checkpoint: the finished stage
+    # is not trained again (resume names the run folder).
+    shutil.rmtree(runs / "a" / "checkpoints")
+    with caplog.at_level(logging.INFO, logger="recsys.train.stages"):
+        after = run(_cfg(runs / "b", *overrides, f"trainer.resume={runs / 'a'}"))
+    assert "finished its first-order stage" in caplog.text and not (runs / "b" / STAGE_DIR).exists()
+    assert after.metrics["eval/auc"] == pytest.approx(whole.metrics["eval/auc"], abs=1e-6)
+    # Stopped inside its stage, after its first epoch: `latest` is the stage's checkpoint, and
+    # the stage goes on from there (it used to resume the whole model from the LR: a DCP error).
+    shutil.rmtree(runs / "b")  # else `latest` is its checkpoint
+    (stage / STAGE_DONE_FILE).unlink()
+    shutil.rmtree(max((stage / "checkpoints").iterdir(), key=lambda p: p.stat().st_mtime))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="recsys.train.stages"):
+        inside = run(_cfg(runs / "c", *overrides, "trainer.resume=latest"))
+    assert f"resumed from {stage / 'checkpoints'}" in caplog.text
+    assert inside.metrics["eval/auc"] == pytest.approx(whole.metrics["eval/auc"], abs=1e-6)
+    assert inside.steps == whole.steps
