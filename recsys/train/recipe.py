@@ -56,8 +56,9 @@ log = logging.getLogger(__name__)
 def run(cfg: TrainConfig, on_validation: ValidationHook | None = None) -> TrainResult:
     """Train, evaluate and export as `cfg` says; joins torchrun's process group if there is one."""
     schema = validate(cfg)  # before any side effect: a bad value leaves nothing behind
+    requested = cfg
     cfg = before_the_run(cfg, _train_stage)  # the first-order stage, when it has one
-    with TrainRecipe(cfg, schema, on_validation) as recipe:
+    with TrainRecipe(cfg, schema, on_validation, requested=requested) as recipe:
         recipe.setup()
         recipe.train()
         recipe.evaluate()
@@ -92,8 +93,13 @@ class TrainRecipe:
         schema: Schema,
         on_validation: ValidationHook | None = None,
         leave_process_group: bool = True,
+        requested: TrainConfig | None = None,
     ):
+        """`requested`: the config as asked for, logged as the run's params (default `cfg`).
+        After the first-order stage, `cfg` also warm-starts from the stage: that is a tag
+        (`warm_started_from`), not a parameter the user set."""
         self.cfg, self.schema = cfg, schema
+        self.requested = requested or cfg
         self.on_validation = on_validation
         self.leave_process_group = leave_process_group
         self.state = TrainState()
@@ -139,7 +145,7 @@ class TrainRecipe:
             self.training.model, self.training.optimizer, self.schema, trainer, env, scheduler
         )
         self.tracker = self._resources.enter_context(
-            open_tracker(cfg.tracking, cfg, enabled_on_this_rank=env.is_main,
+            open_tracker(cfg.tracking, self.requested, enabled_on_this_rank=env.is_main,
                          parent_run_id=cfg.tracking.parent_run_id)
         )  # fmt: skip
         self._start_tracking(warm)

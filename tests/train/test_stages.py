@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
 
 from recsys.compose import load_config
 from recsys.config import ModelName
@@ -96,11 +97,19 @@ def test_the_stage_checkpoints_even_when_the_run_does_not(
     tiny_log: TinyLog, tmp_path: Path
 ) -> None:
     # make tune's trials turn epoch-end checkpoints off; the stage's last one is the handoff
-    overrides = [*tiny_log.overrides, "tracking=none", "export.enabled=false", "trainer.epochs=1"]
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    overrides = [*tiny_log.overrides, f"tracking.uri={uri}", "tracking.register_as=null",
+                 "tracking.experiment=stage", "export.enabled=false", "trainer.epochs=1"]  # fmt: skip
     result = run(_cfg(tmp_path / "run", *overrides, "trainer.checkpoint.at_epoch_end=false"))
     assert (tmp_path / "run" / STAGE_DIR / "checkpoints").is_dir()
     assert not (tmp_path / "run" / "checkpoints").exists()  # the run's own setting still holds
     assert 0.5 < result.metrics["eval/auc"] <= 1.0
+    # The run's params are its config as asked for; the warm start from the stage is a tag.
+    client = MlflowClient(uri)
+    (tracked,) = client.search_runs([client.get_experiment_by_name("stage").experiment_id])
+    params, tags = tracked.data.params, tracked.data.tags
+    assert params["trainer.warm_start"] == "None" and params["trainer.first_order_lr"] == "None"
+    assert tags["warm_started_from"].startswith(str(tmp_path / "run" / STAGE_DIR))
 
 
 def test_a_run_stopped_in_or_after_its_stage_resumes_to_the_same_model(
