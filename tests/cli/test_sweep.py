@@ -22,6 +22,7 @@ def test_multirun_nests_trials_under_one_parent_run(tiny_log, tmp_path: Path) ->
         "tracking.experiment=sweep",
         f"hydra.sweep.dir={tmp_path / 'multirun'}",
         *tiny_log.overrides,
+        "trainer.first_order_stage=true",  # the default, off in the tiny log's overrides
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
@@ -41,6 +42,9 @@ def test_multirun_nests_trials_under_one_parent_run(tiny_log, tmp_path: Path) ->
     assert len(parents) == 1 and len(children) == 2
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
     assert sorted(c.data.params["model.embedding_dim"] for c in children) == ["4", "8"]
+    # each trial warm-started from its own first-order stage: a tag, not a swept parameter
+    assert all(c.data.params["trainer.warm_start"] == "None" for c in children)
+    assert all("first_order_stage" in c.data.tags["warm_started_from"] for c in children)
     assert parents[0].info.status == "FINISHED"
     assert all("eval/auc" in c.data.metrics for c in children)
 
@@ -55,7 +59,9 @@ def test_multirun_nests_trials_under_one_parent_run(tiny_log, tmp_path: Path) ->
     tags = parent.data.tags
     objective = tags["sweep.objective"]
     assert objective == "valid/auc"  # never eval: eval reports on the chosen config
-    best = max(children, key=lambda c: c.data.metrics[objective])
+    # the best validation (trials that never beat their common first-order start tie there)
+    (best,) = [c for c in children if c.info.run_id == tags["sweep.best_run_id"]]
+    assert best.data.metrics[objective] == max(c.data.metrics[objective] for c in children)
     assert best.info.run_id in tags["sweep.best_run_url"]
     assert tags["sweep.best_run_id"] == best.info.run_id and tags["sweep.trials"] == "2"
     assert parent.data.params["model.embedding_dim"] == best.data.params["model.embedding_dim"]
