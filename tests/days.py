@@ -55,6 +55,7 @@ def train_days(root: Path) -> Days:
     overrides = base + MANAGED + [
         f"data.days='{root}/days/day=*'",
         "trainer.epochs=1",
+        "trainer.first_order_stage=true",  # the default (day 1 trains it; later days warm-start)
         f"tracking.uri={uri}",
         "tracking.experiment=days",
     ]  # fmt: skip
