@@ -381,7 +381,22 @@ class TrainRecipe:
             history=self.run_metrics.history,
             tracking=self.tracker.describe(),
             stop_reason=self.monitor.stop_reason,
+            started_from=self._started_from(),
         )
+
+    def _started_from(self) -> str | None:
+        """Where step 0's weights came from, in words (None: a fresh initialisation)."""
+        if self._resume is not None:
+            return f"resumed from {self._resume.path} (step {self._resume.step})"
+        source = self.cfg.trainer.warm_start
+        if source is None:
+            return None
+        if self.requested.trainer.warm_start is None:  # set by the first-order stage
+            return (
+                f"the first-order stage's LR ({source}): step 0 is that model, and early "
+                "stopping keeps it if the whole model never beats it on validation"
+            )
+        return f"warm start from {source}"
 
 
 def _resume_progress(point: ResumePoint | None) -> EpochProgress | None:

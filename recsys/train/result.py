@@ -21,6 +21,7 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     tracking: str = ""
     stop_reason: str | None = None  # set when early stopping ended training
+    started_from: str | None = None  # the weights step 0 had: a resume, warm start or stage
 
     def summary(self) -> str:
         """The few lines a person wants at the end of a run (also the MLflow description)."""
@@ -38,6 +39,8 @@ class TrainResult:
         ]
         if self.stop_reason:
             lines.insert(4, f"  stopped  {self.stop_reason}")
+        if self.started_from:
+            lines.insert(4, f"  start    {self.started_from}")
         if self.run_id:
             lines.append("  `make ui` serves the local store; the link above opens this run in it")
         return "\n".join(lines)

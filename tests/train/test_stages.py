@@ -104,6 +104,9 @@ def test_the_stage_checkpoints_even_when_the_run_does_not(
     assert (tmp_path / "run" / STAGE_DIR / "checkpoints").is_dir()
     assert not (tmp_path / "run" / "checkpoints").exists()  # the run's own setting still holds
     assert 0.5 < result.metrics["eval/auc"] <= 1.0
+    assert (
+        f"start    the first-order stage's LR ({tmp_path / 'run' / STAGE_DIR}" in result.summary()
+    )
     # The run's params are its config as asked for; the warm start from the stage is a tag.
     client = MlflowClient(uri)
     (tracked,) = client.search_runs([client.get_experiment_by_name("stage").experiment_id])
