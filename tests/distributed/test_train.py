@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -100,3 +101,17 @@ def test_two_processes_train_the_first_order_stage_then_the_whole_model(
     scores = Scorer(tmp_path / "run" / "export").score(pq.read_table(tiny_log.eval))
     predictions = pq.read_table(tmp_path / "run" / "eval_predictions.parquet")
     np.testing.assert_allclose(scores, predictions["prob"].to_numpy(), rtol=0, atol=1e-5)
+
+    # Stopped inside its stage after one epoch, the run resumes the stage on both ranks, then
+    # trains the whole model: the same predictions as without the stop.
+    stage = tmp_path / "run" / "first_order_stage"
+    shutil.rmtree(tmp_path / "run" / "checkpoints")
+    (stage / "done").unlink()
+    shutil.rmtree(max((stage / "checkpoints").iterdir(), key=lambda p: int(p.name[5:])))
+    again = make_train(2, tmp_path / "again", [*overrides, f"trainer.resume={tmp_path / 'run'}"])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resumed from {stage / 'checkpoints'}" in again.stdout + again.stderr
+    resumed = pq.read_table(tmp_path / "again" / "eval_predictions.parquet")
+    np.testing.assert_allclose(
+        resumed["prob"].to_numpy(), predictions["prob"].to_numpy(), atol=1e-6
+    )
