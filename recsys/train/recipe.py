@@ -75,9 +75,13 @@ def _train_stage(cfg: TrainConfig) -> TrainResult:
     torn down and set up again on torchrun's store can read the old group's addresses and
     fail to connect."""
     with TrainRecipe(cfg, validate(cfg), leave_process_group=False) as recipe:
-        recipe.setup()
-        recipe.train()
-        return recipe.result()
+        try:
+            recipe.setup()
+            recipe.train()
+            return recipe.result()
+        except BaseException:
+            recipe.leave_process_group = True  # no run follows a failed stage: free the group
+            raise
 
 
 # ------------------------------------------------------------------------------------ recipe

@@ -9,11 +9,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from recsys.compose import load_config
 from recsys.config import ModelName
-from recsys.train.recipe import run
+from recsys.train.recipe import TrainRecipe, run
 from recsys.train.stages import (
     FIRST_ORDER_LR_AFTER_STAGE,
     STAGE_DIR,
@@ -141,3 +142,21 @@ def test_a_run_stopped_in_or_after_its_stage_resumes_to_the_same_model(
     assert f"resumed from {stage / 'checkpoints'}" in caplog.text
     assert inside.metrics["eval/auc"] == pytest.approx(whole.metrics["eval/auc"], abs=1e-6)
     assert inside.steps == whole.steps
+
+
+def test_a_failed_stage_leaves_no_process_group(
+    tiny_log: TinyLog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The stage keeps its process group for the run that follows; when it fails, none follows.
+    original = TrainRecipe.train
+
+    def train(self: TrainRecipe) -> None:
+        if Path(self.cfg.output_dir).name == STAGE_DIR:
+            raise RuntimeError("the stage failed")
+        original(self)
+
+    monkeypatch.setattr(TrainRecipe, "train", train)
+    overrides = [*tiny_log.overrides, "tracking=none", "export.enabled=false", "trainer.epochs=1"]
+    with pytest.raises(RuntimeError, match="the stage failed"):
+        run(_cfg(tmp_path / "run", *overrides))
+    assert not torch.distributed.is_initialized()
