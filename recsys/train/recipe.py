@@ -46,7 +46,7 @@ from recsys.train.record import RunMetrics, provenance, record_start
 from recsys.train.remap_state import load_expiry
 from recsys.train.result import TrainResult
 from recsys.train.seeding import configure_determinism, seed_everything
-from recsys.train.stages import before_the_run
+from recsys.train.stages import before_the_run, discard_stage_checkpoints
 from recsys.train.validate import validate
 from recsys.train.warm_start import WarmStartReport, warm_start
 
@@ -66,7 +66,8 @@ def run(cfg: TrainConfig, on_validation: ValidationHook | None = None) -> TrainR
         recipe.plots()
         result = recipe.result()
         recipe.tracker.set_description(result.summary().strip())
-        return result
+    discard_stage_checkpoints(cfg)
+    return result
 
 
 def _train_stage(cfg: TrainConfig) -> TrainResult:

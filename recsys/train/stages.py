@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import copy
 import logging
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from recsys.config import ModelName, TrainConfig
 from recsys.distributed.env import launch_rank
+from recsys.train.best import BEST_DIR
 from recsys.train.checkpoint_layout import CHECKPOINTS_DIR, find_latest, resolve_checkpoint
 
 log = logging.getLogger(__name__)
@@ -136,3 +138,16 @@ def run_first_order_stage(
     # Resumed at its end, the stage trains no step and writes no checkpoint of its own.
     ended_at = resume if resume is not None and find_latest(stage_dir) is None else stage_dir
     return after_stage(cfg, ended_at)
+
+
+def discard_stage_checkpoints(cfg: TrainConfig) -> None:
+    """After a run that keeps no checkpoints of its own (make tune's trials), remove its
+    stage's too: they were there for the whole model to start from, and are as large as its
+    tables (a tune on 26 default tables kept 1-4 GB a trial). Runs that keep checkpoints keep
+    the stage's, so a stopped run resumes (`before_the_run`). Rank 0, after the run."""
+    own = cfg.trainer.checkpoint
+    if own.at_epoch_end or own.every_n_steps is not None or launch_rank() != 0:
+        return
+    stage_dir = Path(cfg.output_dir) / STAGE_DIR
+    for name in (CHECKPOINTS_DIR, BEST_DIR):
+        shutil.rmtree(stage_dir / name, ignore_errors=True)
