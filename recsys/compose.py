@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import fields
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from recsys.config import ConfigError, TrainConfig, register_configs
@@ -49,10 +50,27 @@ def load_config(
     register_configs()
     with _initialized(config_dir):
         cfg = compose(config_name=config_name, overrides=overrides or [])
-    config: TrainConfig = OmegaConf.to_object(cfg)
+    config = to_train_config(cfg)
     if output_dir is not None:
         config.output_dir = output_dir
     return config
+
+
+def to_train_config(cfg: DictConfig) -> TrainConfig:
+    """The composed config as a `TrainConfig`. A top-level key it has no field for is an error
+    (OmegaConf would drop it): mostly `+experiment=NAME` with no `experiment/NAME.yaml` on the
+    search path, which Hydra then adds as a plain value, so the run trained the defaults."""
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = [str(key) for key in cfg if key not in known]
+    if "experiment" in unknown:
+        raise ConfigError(
+            f"+experiment={cfg.experiment}: no experiment/{cfg.experiment}.yaml in conf/ or "
+            "--config-dir. make tune and make sweep write experiment/best.yaml into their sweep "
+            "folder when they finish: pass that folder as --config-dir."
+        )
+    if unknown:
+        raise ConfigError(f"unknown top-level keys {unknown}; the config has {sorted(known)}.")
+    return OmegaConf.to_object(cfg)
 
 
 @contextmanager

@@ -47,3 +47,15 @@ def test_a_new_feature_or_table_by_override_says_where_to_add_it(override: str, 
     assert message.startswith("extra: ")
     assert f"A new entry of {where} cannot be added by an override" in message
     assert "--config-dir" in message and f"{where}.<name>.<key>=VALUE" in message
+
+
+def test_an_experiment_missing_from_the_search_path_is_an_error(tmp_path: Path) -> None:
+    # Hydra adds `+experiment=best` as a plain value when no experiment/best.yaml is found,
+    # and the run trained the defaults (a sweep folder before its sweep finished, a typo).
+    with pytest.raises(ConfigError, match=r"no experiment/best.yaml .* --config-dir"):
+        load_config(["+experiment=best"], config_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match="unknown top-level keys"):
+        load_config(["+epochs=3"])  # meant trainer.epochs
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "best.yaml").write_text("# @package _global_\ntrainer:\n  lr: 0.5\n")
+    assert load_config(["+experiment=best"], config_dir=str(tmp_path)).trainer.lr == 0.5

@@ -14,14 +14,14 @@ import warnings
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from recsys.cli.overrides import check_overrides, single_run_args
 from recsys.cli.sweep import parent_run_id
 from recsys.cli.tune import trial_pruning
-from recsys.compose import conf_dir, explain, load_config
-from recsys.config import ConfigError, TrainConfig, register_configs
+from recsys.compose import conf_dir, explain, load_config, to_train_config
+from recsys.config import ConfigError, register_configs
 
 log = logging.getLogger("recsys")
 
@@ -54,7 +54,7 @@ def config_problem(argv: list[str]) -> str | None:
 
 @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float:
-    config: TrainConfig = OmegaConf.to_object(cfg)
+    config = to_train_config(cfg)
     config.output_dir = HydraConfig.get().runtime.output_dir
     config.tracking.parent_run_id = config.tracking.parent_run_id or parent_run_id()
     from recsys.data.featurize import DataError

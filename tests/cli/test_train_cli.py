@@ -92,3 +92,5 @@ def test_config_problem_uses_the_config_dir(tmp_path: Path) -> None:
     assert problem is not None and "data/mine" in problem and "movielens" in problem
     problem = config_problem(["-cd", str(tmp_path / "nowhere")])
     assert problem is not None and "--config-dir" in problem
+    problem = config_problem(["-cd", str(tmp_path), "+experiment=best"])  # no experiment/ there
+    assert problem is not None and "experiment/best.yaml" in problem
