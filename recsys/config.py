@@ -297,6 +297,11 @@ class CheckpointConfig:
     keep_last: int = 2  # older complete checkpoints are deleted after each new one
     search_dir: str = "outputs"  # where trainer.resume=latest looks, across runs
 
+    @property
+    def writes_any(self) -> bool:
+        """Whether the run writes checkpoints at all (if not, it keeps none once it ends)."""
+        return self.at_epoch_end or self.every_n_steps is not None
+
 
 @dataclass
 class LRScheduleConfig:

@@ -70,7 +70,7 @@ class BestModel:
         trained_start: bool = False,
     ):
         self.config, self.rule = config, EarlyStopping(config)
-        self.keep_checkpoints = checkpoints.at_epoch_end or checkpoints.every_n_steps is not None
+        self.keep_checkpoints = checkpoints.writes_any
         self.output_dir, self._save, self.env = Path(output_dir), save, env
         self.path: Path | None = None  # the best step's checkpoint
         self.metrics: BinaryMetrics | None = None  # the best validation's metrics

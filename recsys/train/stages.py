@@ -145,8 +145,7 @@ def discard_stage_checkpoints(cfg: TrainConfig) -> None:
     stage's too: they were there for the whole model to start from, and are as large as its
     tables (a tune on 26 default tables kept 1-4 GB a trial). Runs that keep checkpoints keep
     the stage's, so a stopped run resumes (`before_the_run`). Rank 0, after the run."""
-    own = cfg.trainer.checkpoint
-    if own.at_epoch_end or own.every_n_steps is not None or launch_rank() != 0:
+    if cfg.trainer.checkpoint.writes_any or launch_rank() != 0:
         return
     stage_dir = Path(cfg.output_dir) / STAGE_DIR
     for name in (CHECKPOINTS_DIR, BEST_DIR):
