@@ -45,10 +45,11 @@ class Rows:
 class PlantedFamily(nn.Module):
     """logit = bias + per-id effects + sum over planted pairs of <f_a(id_a), g_b(id_b)> + dense."""
 
-    def __init__(self, vocab: int, columns: int, pairs, rank: int, num_dense: int):
+    def __init__(self, vocab: int, effect_columns, pairs, rank: int, num_dense: int):
         super().__init__()
         self.pairs = tuple(pairs)
-        self.effects = nn.Parameter(torch.zeros(columns, vocab))
+        self.effect_columns = torch.tensor(effect_columns, dtype=torch.long)
+        self.effects = nn.Parameter(torch.zeros(len(effect_columns), vocab))
         self.left = nn.Parameter(0.1 * torch.randn(len(self.pairs), vocab, rank))
         self.right = nn.Parameter(0.1 * torch.randn(len(self.pairs), vocab, rank))
         self.dense = nn.Linear(num_dense, 1)
@@ -56,7 +57,8 @@ class PlantedFamily(nn.Module):
     def forward(self, ids: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         present = (ids > 0).float()
         logit = self.dense(dense).squeeze(-1)
-        logit = logit + (self.effects.gather(1, ids.T).T * present).sum(1)
+        ids_e, present_e = ids[:, self.effect_columns], present[:, self.effect_columns]
+        logit = logit + (self.effects.gather(1, ids_e.T).T * present_e).sum(1)
         for p, (a, b) in enumerate(self.pairs):
             dot = (self.left[p][ids[:, a]] * self.right[p][ids[:, b]]).sum(1)
             logit = logit + dot * present[:, a] * present[:, b]
@@ -109,7 +111,7 @@ def load(train: Path, eval_: Path, world: str) -> tuple[Rows, Rows, float, dict]
     train_rows, eval_rows = (_rows(t, columns, num_dense, encode) for t in tables)
     shape = {
         "vocab": 1 + max(len(v) for v in vocab.values()),
-        "columns": columns,
+        "effect_columns": [c for c, scale in enumerate(spec.effects) if scale],
         "pairs": spec.pairs,
         "rank": spec.pair_rank,
         "num_dense": 2 * num_dense,
@@ -171,11 +173,16 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--world", default="pairwise")
-    parser.add_argument("--distinct", type=int, default=100, help="ids per column")
+    parser.add_argument(
+        "--distinct",
+        type=int,
+        default=100,
+        help="ids per column; 0: the world's own (as the quality bench's cold_start log)",
+    )
     parser.add_argument("--rows", type=float, default=2e5, help="training rows")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    log = SynthLog(args.world, args.distinct, train_rows=int(args.rows))
+    log = SynthLog(args.world, args.distinct or None, train_rows=int(args.rows))
     log.write()
     print(json.dumps(ceiling(log.folder / "train", log.folder / "eval", args.world, args.seed)))
 

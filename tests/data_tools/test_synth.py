@@ -331,18 +331,39 @@ def test_cold_start_eval_ids_are_new_but_categories_are_not(tmp_path: Path) -> N
         train = _write(tmp_path / world / "train", world, rows=20_000)
         eval_ = _write(tmp_path / world / "eval", world, seed=1)
         seen[world] = {c: _seen_share(train, eval_, c) for c in ("C1", "C9")}
-    # measured here: cold_start C1 0.005, C9 0.83; pairwise C1 0.87 (with 5e5 training rows
-    # and 1e5 eval rows: 0.097, 1.000 and 1.000)
+    # measured here (first version of cold_start, the same ids): cold_start C1 0.005;
+    # pairwise C1 0.87 (with 5e5 training rows and 1e5 eval rows: 0.097 and 1.000)
     assert seen[World.cold_start]["C1"] < 0.05 and seen[World.pairwise]["C1"] > 0.8, seen
     assert seen[World.cold_start]["C9"] > 0.75, seen  # the category column: frequent values
 
 
 def test_cold_start_category_is_a_function_of_the_id(tmp_path: Path) -> None:
-    table = _write(tmp_path, World.cold_start, distinct=(20_000,), missing_rate=0.0)
+    table = _write(tmp_path, World.cold_start, distinct=(2_000_000,), missing_rate=0.0)
     pairs = table.group_by("C1").aggregate([("C9", "count_distinct")])
     assert pc.max(pairs.column("C9_count_distinct")).as_py() == 1
-    categories = -(-20_000 // CATEGORY_RANKS)
+    categories = -(-2_000_000 // CATEGORY_RANKS)
     assert len(pc.unique(table.column("C9"))) <= categories < len(pc.unique(table.column("C1")))
+
+
+def test_a_cold_start_id_carries_nothing_beyond_its_category() -> None:
+    """Two ids of one category move p_true alike, so an unseen id costs no achievable AUC;
+    in first_order the same two ids differ (the check can fail)."""
+    columns = len(CATEGORICAL_COLUMNS)
+
+    def id_effects(world: World, c1_rank: int) -> float:
+        model = PlantedModel(SynthOptions(out="unused", rows=1, world=world).draw())
+        ranks = [np.array([1]) for _ in range(columns)]
+        ranks[0] = np.array([c1_rank])
+        for column, parent in WORLDS[world].categories:  # the category the generator would draw
+            ranks[column] = (ranks[parent] - 1) // CATEGORY_RANKS + 1
+        return float(model._id_effects(ranks)[0])
+
+    same_category = (2, CATEGORY_RANKS)  # ranks 1..CATEGORY_RANKS share category 1
+    assert id_effects(World.cold_start, same_category[0]) == id_effects(
+        World.cold_start, same_category[1]
+    )
+    assert id_effects(World.cold_start, 2) != id_effects(World.cold_start, CATEGORY_RANKS + 1)
+    assert id_effects(World.first_order, 2) != id_effects(World.first_order, 3)
 
 
 def _numpy(table: pa.Table, columns: tuple[str, ...]) -> np.ndarray:
