@@ -27,7 +27,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
@@ -188,21 +188,43 @@ class SynthReport:
         self.auc_p_true = float(wins / pairs) if pairs else float("nan")
 
     def summary(self, options: SynthOptions) -> dict[str, object]:
-        """What `REPORT_FILE` holds: the log's CTR and best AUC, and the options that made it."""
-        columns = range(len(CATEGORICAL_COLUMNS))
+        """What `REPORT_FILE` holds: the log's CTR and best AUC, and what made its rows."""
         return {
             "rows": self.rows,
             "clicks": self.clicks,
             "ctr": self.ctr,
             "mean_p_true": self.mean_p_true,
             "auc_p_true": self.auc_p_true,
-            "world": options.world.value,
-            "seed": options.seed,
-            "model_seed": options.model_seed,
-            "distinct": [options.distinct_of(c) for c in columns],
-            "zipf": options.zipf_exponent,
-            "missing_rate": options.missing_rate,
+            **_definition(options),
         }
+
+
+def _definition(options: SynthOptions) -> dict[str, object]:
+    """What a log's rows are a function of, as `REPORT_FILE` spells it (JSON's lists): the
+    options and the planted world's own definition, which a later version may change."""
+    columns = range(len(CATEGORICAL_COLUMNS))
+    definition = {
+        "world": options.world.value,
+        "seed": options.seed,
+        "model_seed": options.model_seed,
+        "distinct": [options.distinct_of(c) for c in columns],
+        "zipf": options.zipf_exponent,
+        "missing_rate": options.missing_rate,
+        "planted": {**asdict(options.spec), "category_ranks": CATEGORY_RANKS},
+    }
+    return json.loads(json.dumps(definition))
+
+
+def is_written(options: SynthOptions) -> bool:
+    """Whether `options.out` holds this very log (rows and definition), as a cache can ask
+    before it writes again: a folder written by another version of a world is not."""
+    path = Path(options.out) / REPORT_FILE
+    if not path.exists():
+        return False
+    report = json.loads(path.read_text())
+    return report.get("rows") == options.rows and all(
+        report.get(key) == value for key, value in _definition(options).items()
+    )
 
 
 def read_report(folder: str | os.PathLike[str]) -> dict[str, object]:

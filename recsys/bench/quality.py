@@ -62,15 +62,15 @@ class SynthLog:
     def write(self) -> None:
         """Written once; reused by every later study."""
         from data_tools.planted import World
-        from data_tools.synth import REPORT_FILE, SynthOptions, write_synthetic
+        from data_tools.synth import SynthOptions, is_written, write_synthetic
 
         distinct = None if self.distinct is None else (self.distinct,)
         for split, rows, seed in (("train", self.train_rows, 0), ("eval", self.eval_rows, 1)):
             out = self.folder / split
-            if not (out / REPORT_FILE).exists():
-                options = SynthOptions(
-                    out=str(out), rows=rows, seed=seed, world=World(self.world), distinct=distinct
-                )
+            options = SynthOptions(
+                out=str(out), rows=rows, seed=seed, world=World(self.world), distinct=distinct
+            )
+            if not is_written(options):  # absent, or written by another version of the world
                 write_synthetic(options)
 
     def best_auc(self) -> float:

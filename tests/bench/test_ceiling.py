@@ -31,3 +31,17 @@ def test_the_planted_family_gets_most_of_the_lift_and_more_with_more_rows(
     assert 0.5 < large["share"] <= 1.05, large  # the true family learns the planted model
     assert large["share"] > small["share"] + 0.02, (small, large)  # ...and is data-bound
     assert large["eval_auc"] < large["best_auc"] + 0.01
+
+
+def test_in_the_cold_start_world_unseen_ids_cost_the_planted_family_little(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Nearly every eval id of C1..C8 is new, yet their categories and the counts carry all of
+    p_true: the world's best AUC is one a model can reach (the floor's premise)."""
+    monkeypatch.setattr(ceiling, "L2_WEIGHTS", (1.0,))
+    monkeypatch.setattr(ceiling, "EPOCHS", 10)
+    for split, n, seed in (("train", 40_000, 0), ("eval", 10_000, 1)):
+        options = SynthOptions(out=str(tmp_path / split), rows=n, seed=seed, world=World.cold_start)
+        write_synthetic(options)
+    result = ceiling.ceiling(tmp_path / "train", tmp_path / "eval", World.cold_start.value)
+    assert result["share"] > 0.9, result

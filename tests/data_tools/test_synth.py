@@ -37,6 +37,7 @@ from data_tools.synth import (
     OutputFormat,
     SynthOptions,
     SynthReport,
+    is_written,
     read_report,
     write_synthetic,
 )
@@ -416,3 +417,19 @@ def test_synth_config_reads_a_batch_through_the_loader(tmp_path: Path) -> None:
     assert batch.sparse.keys() == list(CATEGORICAL_COLUMNS)
     labels = pq.read_table(tmp_path, columns=["label"]).column("label").to_numpy()[:64]
     assert batch.labels.numpy().tolist() == labels.astype(np.float32).tolist()
+
+
+def test_a_cached_log_written_by_another_version_of_its_world_is_not_reused(
+    tmp_path: Path,
+) -> None:
+    options = SynthOptions(out=str(tmp_path), rows=300, world=World.cold_start)
+    assert not is_written(options)
+    write_synthetic(options)
+    assert is_written(options)
+    assert not is_written(SynthOptions(out=str(tmp_path), rows=301, world=World.cold_start))
+    assert not is_written(SynthOptions(out=str(tmp_path), rows=300, world=World.pairwise))
+    report_path = tmp_path / REPORT_FILE
+    report = json.loads(report_path.read_text())
+    report["planted"]["category_ranks"] = 1_000  # what the first cold_start world used
+    report_path.write_text(json.dumps(report))
+    assert not is_written(options)
