@@ -40,6 +40,7 @@ def _in_process(overrides: list[str], config_dir: str | None) -> dict[str, float
         return run_metrics({"overrides": overrides, "config_dir": config_dir, "output_dir": out})
 
 
+@pytest.mark.slow  # ~14 s: a study of trainings; its pieces are tested fast below
 def test_quick_study_trains_each_point_and_logs_one_mlflow_run(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
     log = write_tiny_log(tmp_path, history=False)  # eval: 200 rows of new users

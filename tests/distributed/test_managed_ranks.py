@@ -14,6 +14,7 @@ from recsys.export.scorer import Scorer
 from tests.synthetic import TinyLog, make_train
 
 
+@pytest.mark.slow  # ~13 s; tests/model/test_managed.py keeps the one-process remap fast
 @pytest.mark.distributed
 def test_two_processes_shard_the_remap_and_the_scorer_reproduces_it(
     tiny_log: TinyLog, tmp_path: Path

@@ -279,6 +279,7 @@ def test_sigkilled_two_process_run_resumes_to_the_same_metrics(
     assert one.metrics["eval/auc"] > 0.6
 
 
+@pytest.mark.slow  # ~13 s; one-process warm starts and two-process training stay fast
 @pytest.mark.distributed
 def test_warm_start_on_two_processes_with_table_wise_shards(
     source_run: tuple[TinyLog, Path], tmp_path: Path
