@@ -1,6 +1,7 @@
 """The learnable ceiling of a synthetic log: its planted model's own family, fitted on its rows.
 
     .venv/bin/python -m recsys.bench.ceiling --world pairwise --distinct 100 --rows 200000
+    .venv/bin/python -m recsys.bench.ceiling --train data/synth/train --eval data/synth/eval
 
 `p_true`'s AUC is the best any model could reach with infinitely many rows. With finitely many,
 even a model that knows the planted structure (which columns carry per-id effects, which pairs
@@ -169,6 +170,7 @@ def ceiling(train: Path, eval_: Path, world: str, seed: int = 0) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from data_tools.synth import read_report
     from recsys.bench.quality import SynthLog
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -181,10 +183,23 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--rows", type=float, default=2e5, help="training rows")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--train",
+        type=Path,
+        help="a log `recsys-data synth` wrote (with --eval): its ceiling, instead of the "
+        "bench's log of --world/--distinct/--rows; the world is read from its _report.json",
+    )
+    parser.add_argument("--eval", type=Path, help="the eval split of --train's world")
     args = parser.parse_args(argv)
-    log = SynthLog(args.world, args.distinct or None, train_rows=int(args.rows))
-    log.write()
-    print(json.dumps(ceiling(log.folder / "train", log.folder / "eval", args.world, args.seed)))
+    if (args.train is None) != (args.eval is None):
+        parser.error("--train and --eval go together")
+    if args.train is not None:
+        train, eval_, world = args.train, args.eval, str(read_report(args.train)["world"])
+    else:
+        log = SynthLog(args.world, args.distinct or None, train_rows=int(args.rows))
+        log.write()
+        train, eval_, world = log.folder / "train", log.folder / "eval", args.world
+    print(json.dumps(ceiling(train, eval_, world, args.seed)))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -45,3 +46,17 @@ def test_in_the_cold_start_world_unseen_ids_cost_the_planted_family_little(
         write_synthetic(options)
     result = ceiling.ceiling(tmp_path / "train", tmp_path / "eval", World.cold_start.value)
     assert result["share"] > 0.9, result
+
+
+def test_the_cli_takes_a_users_own_log_and_reads_its_world(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setattr(ceiling, "L2_WEIGHTS", (1.0,))
+    monkeypatch.setattr(ceiling, "EPOCHS", 2)
+    train, eval_ = _log(tmp_path, World.first_order, 3_000)
+    ceiling.main(["--train", str(train), "--eval", str(eval_)])
+    result = json.loads(capsys.readouterr().out)
+    assert (result["world"], result["train_rows"]) == ("first_order", 3_000)
+    with pytest.raises(SystemExit):
+        ceiling.main(["--train", str(train)])
+    assert "--train and --eval go together" in capsys.readouterr().err
