@@ -31,7 +31,7 @@ log1p of the count), so only labels and the ids' statistics differ. Scales give 
   N(0, 0.46^2) and dense I1..I6; an id of C1..C8 carries nothing beyond its category, as a
   new item is known by its attributes. A model that learns the category and dense columns
   and is not thrown by the ids it never saw (hashed into buckets that training rows of other
-  ids moved) reaches p_true; one that leans on the ids does not. (An effect of each id of its
+  ids moved) can approach p_true; one that leans on the ids cannot. (An effect of each id of its
   own would put p_true out of any model's reach: an unseen id's effect cannot be learned.
   The first version of this world had one, N(0, 0.3^2), over 10^4 categories: a model told
   the structure reached 0.55 of p_true's lift, so the world measured itself, not the model.)

@@ -58,8 +58,8 @@ class PlantedFamily(nn.Module):
     def forward(self, ids: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         present = (ids > 0).float()
         logit = self.dense(dense).squeeze(-1)
-        ids_e, present_e = ids[:, self.effect_columns], present[:, self.effect_columns]
-        logit = logit + (self.effects.gather(1, ids_e.T).T * present_e).sum(1)
+        effect_ids, effect_present = ids[:, self.effect_columns], present[:, self.effect_columns]
+        logit = logit + (self.effects.gather(1, effect_ids.T).T * effect_present).sum(1)
         for p, (a, b) in enumerate(self.pairs):
             dot = (self.left[p][ids[:, a]] * self.right[p][ids[:, b]]).sum(1)
             logit = logit + dot * present[:, a] * present[:, b]
