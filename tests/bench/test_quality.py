@@ -54,8 +54,15 @@ def test_a_candidate_keeps_the_setting_better_on_validation_never_eval() -> None
     assert [r["eval/auc"] for r in cell.runs] == [0.60, 0.61]
 
 
-def test_the_2m_row_pairwise_world_runs_only_when_named() -> None:
+def test_the_2m_row_pairwise_and_the_mixed_worlds_run_only_when_named() -> None:
     assert "synth-pairwise-2M" not in quality.DEFAULT_DATASETS
     assert quality.DATASETS["synth-pairwise-2M"].synth.train_rows == 2_000_000
+    mixed = quality.DATASETS["synth-mixed"]
+    assert "synth-mixed" not in quality.DEFAULT_DATASETS
+    assert (mixed.synth.world, mixed.synth.distinct, mixed.synth.train_rows) == (
+        "mixed",
+        None,
+        500_000,
+    )
     with pytest.raises(SystemExit, match="synth-pairwise-2M"):
         quality.main(["--datasets", "no-such-data"])
