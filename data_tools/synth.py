@@ -218,10 +218,9 @@ def _definition(options: SynthOptions) -> dict[str, object]:
 def is_written(options: SynthOptions) -> bool:
     """Whether `options.out` holds this very log (rows and definition), as a cache can ask
     before it writes again: a folder written by another version of a world is not."""
-    path = Path(options.out) / REPORT_FILE
-    if not path.exists():
+    if not (Path(options.out) / REPORT_FILE).exists():
         return False
-    report = json.loads(path.read_text())
+    report = read_report(options.out)
     return report.get("rows") == options.rows and all(
         report.get(key) == value for key, value in _definition(options).items()
     )

@@ -96,23 +96,26 @@ def load(train: Path, eval_: Path, world: str) -> tuple[Rows, Rows, float, dict]
     from data_tools.synth import read_report
 
     spec = WORLDS[World(world)]
-    columns = max([len(spec.effects), *(max(p) + 1 for p in spec.pairs)])
+    effect_columns = [c for c, scale in enumerate(spec.effects) if scale]
+    planted = sorted({*effect_columns, *(c for pair in spec.pairs for c in pair)})
     num_dense = len(spec.dense_weights)
     tables = _read(train), _read(eval_)
     vocab: dict[int, pa.Array] = {}
-    for c in range(columns):
+    for c in planted:
         name = f"C{c + 1}"
         both = pa.chunked_array(tables[0].column(name).chunks + tables[1].column(name).chunks)
         vocab[c] = pc.unique(both.cast(pa.string())).drop_null()
 
     def encode(c: int, column: pa.ChunkedArray) -> np.ndarray:
+        if c not in vocab:  # a column the planted model ignores (cold_start's C1..C8): its
+            return np.zeros(len(column), np.int64)  # 10^7-id vocabulary would size every table
         index = pc.index_in(column.cast(pa.string()), value_set=vocab[c])
         return pc.fill_null(pc.add(index, 1), 0).to_numpy()
 
-    train_rows, eval_rows = (_rows(t, columns, num_dense, encode) for t in tables)
+    train_rows, eval_rows = (_rows(t, max(planted) + 1, num_dense, encode) for t in tables)
     shape = {
         "vocab": 1 + max(len(v) for v in vocab.values()),
-        "effect_columns": [c for c, scale in enumerate(spec.effects) if scale],
+        "effect_columns": effect_columns,
         "pairs": spec.pairs,
         "rank": spec.pair_rank,
         "num_dense": 2 * num_dense,
