@@ -352,6 +352,10 @@ class TrainerConfig:
     lr_schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
     sparse_optimizer: SparseOptimizer = SparseOptimizer.rowwise_adagrad
     sparse_lr: float = 0.01
+    # Adagrad's offset in its step's denominator, per training row (FTRL-Proximal's beta): a
+    # table row's step is sparse_lr * g / (beta / batch_size + sqrt(sum of its g^2)), g its
+    # gradient of the batch's mean loss. 0: every row's first step is a full sparse_lr.
+    sparse_adagrad_beta: float = 0.0
     first_order_lr: float | None = None  # per-id bias tables; None: sparse_lr (/ 10 after a stage)
     # First the first-order terms alone (a hashed LR on the same tables) to their best validation,
     # then the whole model from those biases (recsys/train/stages.py).

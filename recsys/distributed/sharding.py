@@ -53,6 +53,8 @@ def attach_sparse_optimizer(tables: nn.Module, trainer: TrainerConfig, lr: float
     """
     optimizer = _SPARSE_OPTIMIZERS[SparseOptimizer(trainer.sparse_optimizer)]
     kwargs = {"lr": lr, "weight_decay": trainer.sparse_weight_decay}
+    if trainer.sparse_adagrad_beta > 0:
+        kwargs["eps"] = trainer.sparse_adagrad_beta / trainer.batch_size
     if trainer.sparse_weight_decay > 0:
         # TorchRec hands weight_decay to FBGEMM without a mode, and FBGEMM's default mode
         # ignores it. Its CPU kernels ignore it in every mode (a row's update was identical

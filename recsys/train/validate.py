@@ -120,7 +120,13 @@ def check_trainer(trainer: TrainerConfig) -> None:
         _positive("trainer.first_order_lr", trainer.first_order_lr, "or null for sparse_lr")
     if trainer.first_order_stage_lr is not None:
         _positive("trainer.first_order_stage_lr", trainer.first_order_stage_lr, "or null for lr")
-    for key in ("weight_decay", "sparse_weight_decay", "momentum", "embedding_l2"):
+    for key in (
+        "weight_decay",
+        "sparse_weight_decay",
+        "sparse_adagrad_beta",
+        "momentum",
+        "embedding_l2",
+    ):
         _at_least(f"trainer.{key}", getattr(trainer, key), 0.0)
     if len(trainer.betas) != 2 or not all(0.0 <= b < 1.0 for b in trainer.betas):
         raise ConfigError(f"trainer.betas={list(trainer.betas)}: need two values in [0, 1).")
@@ -183,6 +189,13 @@ def check_device(trainer: TrainerConfig) -> None:
         raise ConfigError(
             "trainer.sparse_optimizer=adam: FBGEMM's CPU kernels have no fused Adam; "
             "use rowwise_adagrad, adagrad or sgd on CPU, or trainer.device=cuda."
+        )
+    adagrads = (SparseOptimizer.rowwise_adagrad, SparseOptimizer.adagrad)
+    if trainer.sparse_adagrad_beta > 0 and trainer.sparse_optimizer not in adagrads:
+        raise ConfigError(
+            f"trainer.sparse_adagrad_beta={trainer.sparse_adagrad_beta}: an offset of Adagrad's "
+            f"step, but sparse_optimizer={trainer.sparse_optimizer}; set it to 0 or use "
+            f"rowwise_adagrad or adagrad."
         )
     fused_l2 = (
         trainer.device == Device.cuda

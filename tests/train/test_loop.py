@@ -164,3 +164,29 @@ def test_one_cpu_process_trains_without_pipeline_or_ddp(tiny_log: TinyLog, tmp_p
     assert uses_pipeline(torch.device("cpu"), world_size=2)
     assert uses_pipeline(torch.device("cuda"), world_size=1)
     assert not uses_pipeline(torch.device("cpu"), world_size=1)
+
+
+def _kernel_eps(optimizer) -> list[float]:
+    """The eps of FBGEMM's fused kernels (rowwise Adagrad's denominator offset)."""
+    found = []
+
+    def walk(opt) -> None:
+        for _, sub in getattr(opt, "optimizers", []):
+            walk(sub)
+        if hasattr(opt, "_emb_module"):
+            found.append(opt._emb_module.optimizer_args.eps)
+
+    walk(optimizer)
+    return found
+
+
+def test_adagrad_beta_reaches_the_fused_kernels_per_training_row(
+    tiny_log: TinyLog, tmp_path: Path
+) -> None:
+    extra = ["trainer.sparse_adagrad_beta=2.0", "trainer.batch_size=64"]
+    try:
+        _, _, _, _, _, optimizer = _setup(tiny_log, tmp_path, extra)
+        eps = _kernel_eps(optimizer)
+    finally:
+        shutdown_distributed()
+    assert eps and all(e == pytest.approx(2.0 / 64) for e in eps)
