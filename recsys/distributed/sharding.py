@@ -45,16 +45,19 @@ _SPARSE_OPTIMIZERS = {
 }
 
 
-def attach_sparse_optimizer(tables: nn.Module, trainer: TrainerConfig, lr: float) -> None:
+def attach_sparse_optimizer(
+    tables: nn.Module, trainer: TrainerConfig, lr: float, eps: float | None = None
+) -> None:
     """Fuse the sparse optimizer into the embedding backward pass of `tables`.
 
     Fused, the update happens inside FBGEMM's backward kernel: gradients for huge tables are
     never materialised as dense tensors, and only the rows touched by the batch move.
+    `eps`: the Adagrad optimizers' denominator offset, None for the kernel's default.
     """
     optimizer = _SPARSE_OPTIMIZERS[SparseOptimizer(trainer.sparse_optimizer)]
     kwargs = {"lr": lr, "weight_decay": trainer.sparse_weight_decay}
-    if trainer.sparse_adagrad_beta > 0:
-        kwargs["eps"] = trainer.sparse_adagrad_beta / trainer.batch_size
+    if eps is not None:
+        kwargs["eps"] = eps  # Adagrad's denominator offset (FBGEMM's default: 1e-8)
     if trainer.sparse_weight_decay > 0:
         # TorchRec hands weight_decay to FBGEMM without a mode, and FBGEMM's default mode
         # ignores it. Its CPU kernels ignore it in every mode (a row's update was identical

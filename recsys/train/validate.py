@@ -123,7 +123,7 @@ def check_trainer(trainer: TrainerConfig) -> None:
     for key in (
         "weight_decay",
         "sparse_weight_decay",
-        "sparse_adagrad_beta",
+        "first_order_adagrad_beta",
         "momentum",
         "embedding_l2",
     ):
@@ -191,9 +191,9 @@ def check_device(trainer: TrainerConfig) -> None:
             "use rowwise_adagrad, adagrad or sgd on CPU, or trainer.device=cuda."
         )
     adagrads = (SparseOptimizer.rowwise_adagrad, SparseOptimizer.adagrad)
-    if trainer.sparse_adagrad_beta > 0 and trainer.sparse_optimizer not in adagrads:
+    if trainer.first_order_adagrad_beta > 0 and trainer.sparse_optimizer not in adagrads:
         raise ConfigError(
-            f"trainer.sparse_adagrad_beta={trainer.sparse_adagrad_beta}: an offset of Adagrad's "
+            f"trainer.first_order_adagrad_beta={trainer.first_order_adagrad_beta}: an offset of Adagrad's "
             f"step, but sparse_optimizer={trainer.sparse_optimizer}; set it to 0 or use "
             f"rowwise_adagrad or adagrad."
         )
