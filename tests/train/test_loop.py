@@ -191,3 +191,39 @@ def test_adagrad_beta_reaches_the_bias_tables_kernel_per_training_row(
         shutdown_distributed()
     # The bias tables' kernel gets beta / batch_size; the embedding tables keep FBGEMM's 1e-8.
     assert sorted(set(eps)) == pytest.approx([1e-8, 2.0 / 64])
+
+
+def _bias_rows_moved(tiny_log: TinyLog, tmp_path: Path, beta: float) -> float:
+    """The largest move of any bias-table entry in one training step (no stage), in lrs."""
+    extra = [
+        "trainer.first_order_stage=false",
+        "trainer.max_steps=1",
+        f"trainer.first_order_adagrad_beta={beta}",
+    ]
+
+    def bias_rows(model) -> dict[str, torch.Tensor]:
+        state = model.state_dict()
+        return {k: v.local_shards()[0].tensor.clone() for k, v in state.items() if "__first" in k}
+
+    try:
+        cfg, env, schema, train_data, model, optimizer = _setup(tiny_log, tmp_path, extra)
+        before = bias_rows(model)
+        job = TrainJob(model, optimizer, schema, cfg.trainer, env)
+        with Epoch(job, train_data, TrainState()) as epoch:
+            steps = sum(1 for _ in epoch)
+        after = bias_rows(model)
+    finally:
+        shutdown_distributed()
+    assert before and steps == 1
+    moved = max(float((after[k] - before[k]).abs().max()) for k in before)
+    return moved / cfg.trainer.sparse_lr
+
+
+def test_adagrad_beta_damps_the_first_steps_of_bias_rows(tiny_log: TinyLog, tmp_path: Path) -> None:
+    # Without an offset a row's first step is a full sparse_lr whatever its gradient;
+    # an offset far above any one batch's gradient (beta / batch_size = 100) leaves the
+    # rows all but where they started: the CPU kernel applies it, not just stores it.
+    plain = _bias_rows_moved(tiny_log, tmp_path / "plain", 0.0)
+    damped = _bias_rows_moved(tiny_log, tmp_path / "damped", 100.0 * BATCH)
+    assert plain == pytest.approx(1.0, rel=1e-3)
+    assert damped < 0.01
