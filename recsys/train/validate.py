@@ -190,13 +190,6 @@ def check_device(trainer: TrainerConfig) -> None:
             "trainer.sparse_optimizer=adam: FBGEMM's CPU kernels have no fused Adam; "
             "use rowwise_adagrad, adagrad or sgd on CPU, or trainer.device=cuda."
         )
-    adagrads = (SparseOptimizer.rowwise_adagrad, SparseOptimizer.adagrad)
-    if trainer.first_order_adagrad_beta > 0 and trainer.sparse_optimizer not in adagrads:
-        raise ConfigError(
-            f"trainer.first_order_adagrad_beta={trainer.first_order_adagrad_beta}: an offset of Adagrad's "
-            f"step, but sparse_optimizer={trainer.sparse_optimizer}; set it to 0 or use "
-            f"rowwise_adagrad or adagrad."
-        )
     fused_l2 = (
         trainer.device == Device.cuda
         and trainer.sparse_optimizer == SparseOptimizer.rowwise_adagrad

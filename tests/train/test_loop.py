@@ -193,6 +193,20 @@ def test_adagrad_beta_reaches_the_bias_tables_kernel_per_training_row(
     assert sorted(set(eps)) == pytest.approx([1e-8, 2.0 / 64])
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad"])
+def test_adagrad_beta_is_adagrads_alone(tiny_log: TinyLog, tmp_path: Path, optimizer: str) -> None:
+    # With SGD (no offset) the default beta must not stop the run or reach a kernel; plain
+    # Adagrad has the same offset as rowwise.
+    extra = [f"trainer.sparse_optimizer={optimizer}", "trainer.batch_size=64"]
+    try:
+        _, _, _, _, _, optimizer_ = _setup(tiny_log, tmp_path, extra)
+        eps = _kernel_eps(optimizer_)
+    finally:
+        shutdown_distributed()
+    expected = [1e-8] if optimizer == "sgd" else [1e-8, 1.0 / 64]
+    assert sorted(set(eps)) == pytest.approx(expected)
+
+
 def _bias_rows_moved(tiny_log: TinyLog, tmp_path: Path, beta: float) -> float:
     """The largest move of any bias-table entry in one training step (no stage), in lrs."""
     extra = [

@@ -76,10 +76,6 @@ def test_typo_in_a_choice_fails_at_composition(override: str, key: str, valid: s
         (["trainer.weight_decay=-0.1"], r"trainer\.weight_decay=-0.1"),
         (["trainer.embedding_l2=-1e-5"], r"trainer\.embedding_l2=-1e-05"),
         (["trainer.first_order_adagrad_beta=-1"], r"trainer\.first_order_adagrad_beta=-1"),
-        (
-            ["trainer.first_order_adagrad_beta=1", "trainer.sparse_optimizer=sgd"],
-            r"trainer\.first_order_adagrad_beta=1\.0: .*sparse_optimizer=sgd",
-        ),
         # FBGEMM's CPU kernels take a weight decay and never apply it: refused, not ignored.
         (
             ["trainer.sparse_weight_decay=1e-5"],
