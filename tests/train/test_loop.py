@@ -61,18 +61,28 @@ def _setup(tiny_log: TinyLog, tmp_path: Path, extra: list[str]):
     return cfg, env, schema, train_data, training.model, training.optimizer
 
 
-def _kernel_lrs(optimizer) -> list[float]:
-    """The learning rate FBGEMM's fused kernels hold (what the backward pass will use)."""
+def _fused_kernels(optimizer) -> list:
+    """FBGEMM's fused kernels under `optimizer` (torchrec's EmbeddingFusedOptimizers')."""
     found = []
 
     def walk(opt) -> None:
         for _, sub in getattr(opt, "optimizers", []):
             walk(sub)
         if hasattr(opt, "_emb_module"):  # torchrec's EmbeddingFusedOptimizer
-            found.append(opt._emb_module.get_learning_rate())
+            found.append(opt._emb_module)
 
     walk(optimizer)
     return found
+
+
+def _kernel_lrs(optimizer) -> list[float]:
+    """The learning rate FBGEMM's fused kernels hold (what the backward pass will use)."""
+    return [kernel.get_learning_rate() for kernel in _fused_kernels(optimizer)]
+
+
+def _kernel_eps(optimizer) -> list[float]:
+    """The eps of FBGEMM's fused kernels (Adagrad's denominator offset)."""
+    return [kernel.optimizer_args.eps for kernel in _fused_kernels(optimizer)]
 
 
 @pytest.mark.parametrize("pipeline", [True, False])
@@ -164,20 +174,6 @@ def test_one_cpu_process_trains_without_pipeline_or_ddp(tiny_log: TinyLog, tmp_p
     assert uses_pipeline(torch.device("cpu"), world_size=2)
     assert uses_pipeline(torch.device("cuda"), world_size=1)
     assert not uses_pipeline(torch.device("cpu"), world_size=1)
-
-
-def _kernel_eps(optimizer) -> list[float]:
-    """The eps of FBGEMM's fused kernels (rowwise Adagrad's denominator offset)."""
-    found = []
-
-    def walk(opt) -> None:
-        for _, sub in getattr(opt, "optimizers", []):
-            walk(sub)
-        if hasattr(opt, "_emb_module"):
-            found.append(opt._emb_module.optimizer_args.eps)
-
-    walk(optimizer)
-    return found
 
 
 def test_adagrad_beta_reaches_the_bias_tables_kernel_per_training_row(
