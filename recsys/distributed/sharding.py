@@ -43,6 +43,7 @@ _SPARSE_OPTIMIZERS = {
     SparseOptimizer.sgd: torch.optim.SGD,
     SparseOptimizer.adam: torch.optim.Adam,  # CUDA only: FBGEMM's CPU kernels have none fused
 }
+_ADAGRADS = (SparseOptimizer.rowwise_adagrad, SparseOptimizer.adagrad)  # they take an eps
 
 
 def attach_sparse_optimizer(
@@ -52,18 +53,19 @@ def attach_sparse_optimizer(
 
     Fused, the update happens inside FBGEMM's backward kernel: gradients for huge tables are
     never materialised as dense tensors, and only the rows touched by the batch move.
-    `eps`: the Adagrad optimizers' denominator offset, None for the kernel's default.
+    `eps`: the Adagrad optimizers' denominator offset (None: the kernel's default, 1e-8).
+    Other optimizers keep their own: SGD has none, and Adam's eps is another thing.
     """
-    optimizer = _SPARSE_OPTIMIZERS[SparseOptimizer(trainer.sparse_optimizer)]
+    kind = SparseOptimizer(trainer.sparse_optimizer)
     kwargs = {"lr": lr, "weight_decay": trainer.sparse_weight_decay}
-    if eps is not None:
-        kwargs["eps"] = eps  # Adagrad's denominator offset (FBGEMM's default: 1e-8)
+    if eps is not None and kind in _ADAGRADS:
+        kwargs["eps"] = eps
     if trainer.sparse_weight_decay > 0:
         # TorchRec hands weight_decay to FBGEMM without a mode, and FBGEMM's default mode
         # ignores it. Its CPU kernels ignore it in every mode (a row's update was identical
         # with none, L2 and decoupled): validation allows it only on GPU, rowwise Adagrad.
         kwargs["weight_decay_mode"] = WeightDecayMode.L2
-    apply_optimizer_in_backward(optimizer, tables.parameters(), kwargs)
+    apply_optimizer_in_backward(_SPARSE_OPTIMIZERS[kind], tables.parameters(), kwargs)
 
 
 class CpuRowWiseSharder(EmbeddingBagCollectionSharder):

@@ -14,7 +14,7 @@ from torch import nn
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
-from recsys.config import DataConfig, SparseOptimizer, TrainConfig, TrainerConfig
+from recsys.config import DataConfig, TrainConfig, TrainerConfig
 from recsys.data.featurize import DataError
 from recsys.data.holdout import HoldoutSplit
 from recsys.data.loader import LoaderOptions, StreamingDataset
@@ -155,19 +155,8 @@ def _attach_sparse_optimizers(sparse: SparseArch, trainer: TrainerConfig) -> Non
     if tables:
         attach_sparse_optimizer(nn.ParameterList(tables), trainer, trainer.sparse_lr)
     if biases:
-        attach_sparse_optimizer(
-            nn.ParameterList(biases), trainer, first_order_lr, _bias_eps(trainer)
-        )
-
-
-def _bias_eps(trainer: TrainerConfig) -> float | None:
-    """The bias tables' Adagrad offset in FBGEMM's units (a batch's gradient is a mean over its
-    rows); None where the kernel's default stays: no beta, or an optimizer whose eps means
-    something else (Adam's) or that has none (SGD)."""
-    adagrads = (SparseOptimizer.rowwise_adagrad, SparseOptimizer.adagrad)
-    if trainer.first_order_adagrad_beta == 0 or trainer.sparse_optimizer not in adagrads:
-        return None
-    return trainer.first_order_adagrad_beta / trainer.batch_size
+        eps = trainer.first_order_adagrad_beta / trainer.batch_size or None  # per training row
+        attach_sparse_optimizer(nn.ParameterList(biases), trainer, first_order_lr, eps)
 
 
 __all__ = [
